@@ -1,0 +1,1 @@
+"""Shared components: tokenizers, corruptions, schedules, targets, backbones."""

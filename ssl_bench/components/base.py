@@ -1,0 +1,140 @@
+"""Component interfaces. A reconstruction method is tokenizer -> corruption -> backbone -> target.
+
+These are typed base classes rather than Protocols so that a plugin author gets a clear error when a
+required method is missing, and so that components can hold buffers (PCA bases) as `nn.Module`s.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Corrupted:
+    """What a corruption did to a batch of latent tokens z0 [N, L, d].
+
+    Masking fills `ids_keep`, `ids_restore` and `mask`; additive noise fills `z_t`, `t`, `sigma`, `noise`.
+    """
+
+    z_t: Tensor | None = None  # [N, L, d] corrupted latent (noise methods)
+    t: Tensor | None = None  # [N] int64 timestep index
+    sigma: Tensor | None = None  # [N] noise std actually used
+    gamma: Tensor | None = None  # [N] input scaling actually used
+    noise: Tensor | None = None  # [N, L, d] the eps that was added
+    ids_keep: Tensor | None = None  # [N, L_keep] indices of visible tokens (masking)
+    ids_restore: Tensor | None = None  # [N, L] argsort of the shuffle, undoes it
+    mask: Tensor | None = None  # [N, L] 1 = removed, 0 = visible
+
+
+class Tokenizer(nn.Module, ABC):
+    """Maps images [N, C, H, W] to per-patch latents [N, L, d] and back."""
+
+    latent_dim: int
+    patch_size: int
+    needs_fit: ClassVar[bool] = False
+
+    def fit(self, images: Tensor, generator: torch.Generator | None = None) -> None:
+        """Fit from normalised training images (PCA bases, patch AE). No-op for fixed tokenizers."""
+
+    @abstractmethod
+    def encode(self, images: Tensor) -> Tensor:
+        """[N, C, H, W] -> [N, L, d]"""
+
+    @abstractmethod
+    def decode(self, latents: Tensor) -> Tensor:
+        """[N, L, d] -> [N, C, H, W]"""
+
+
+class Corruption(nn.Module, ABC):
+    """Corrupts latent tokens; randomness comes only from the given generator (reproducible runs)."""
+
+    @abstractmethod
+    def forward(self, z0: Tensor, generator: torch.Generator | None = None) -> Corrupted:
+        """z0 [N, L, d] -> Corrupted"""
+
+
+class Target(nn.Module, ABC):
+    """Builds the regression target and per-element weights for the loss."""
+
+    @abstractmethod
+    def forward(self, images: Tensor, z0: Tensor, corrupted: Corrupted) -> tuple[Tensor, Tensor]:
+        """Returns (target [N, L, P], weight broadcastable to [N, L, P])."""
+
+
+class Backbone(nn.Module, ABC):
+    """An encoder on top of an unmodified timm model."""
+
+    embed_dim: int
+    patch_size: int
+    num_patches: int
+
+    @abstractmethod
+    def encode(self, images: Tensor, ids_keep: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        """[N, C, H, W] -> tokens [N, prefix + L_keep, D] after the final norm."""
+
+    @abstractmethod
+    def features(self, images: Tensor, pool: str = "cls") -> Tensor:
+        """[N, C, H, W] -> [N, D] representation for probing."""
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method(nn.Module, ABC):
+    """A self-supervised method. `forward` is the training step so that DDP can wrap the module.
+
+    Subclasses set `default_config` (an mmengine Config file) and implement `training_step` and
+    `probe_features`. Images arrive as uint8 [N, C, H, W] on the training device: the method owns
+    its augmentation because augmentation is part of each paper's recipe.
+    """
+
+    default_config: ClassVar[str | Path]
+    uses_labels: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, backbone: Backbone, info: Any):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.info = info
+
+    def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
+        return self.training_step(images, labels, generator)
+
+    @abstractmethod
+    def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
+        """One optimisation step's loss on a uint8 batch [N, C, H, W]."""
+
+    @abstractmethod
+    def probe_features(self, images: Tensor) -> Tensor:
+        """Normalised float images [N, C, H, W] -> frozen features [N, D]."""
+
+    def probe_protocol(self) -> dict[str, Any]:
+        """How `probe_features` is computed, stored beside every metric."""
+        return {}
+
+    def prepare(self, train_images: Tensor, generator: torch.Generator) -> None:
+        """Called once before training with normalised train images (e.g. to fit PCA bases)."""
+
+    def on_train_step_end(self, epoch_progress: float, total_epochs: int) -> None:
+        """Hook for per-iteration updates that are not gradient steps (momentum encoders)."""
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: no decay for biases and 1-D params (norms), as MAE/timm do."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]

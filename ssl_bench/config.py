@@ -1,0 +1,79 @@
+"""Config resolution: harness defaults < method default < --config file < CLI flags < --set.
+
+Configs are mmengine `Config` python files (with `_base_` inheritance); we use nothing else of
+mmengine (its Runner's resume is broken under torch.load's weights_only default).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from mmengine.config import Config, ConfigDict
+
+from ssl_bench.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
+
+
+def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
+    """`key.sub=value` strings -> {"key.sub": value}; values parsed as Python literals when possible."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}' (example: --set train.epochs=5)")
+        key, raw = item.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[key.strip()] = value
+    return out
+
+
+def _check_keys_exist(cfg: Config, overrides: dict[str, Any], origin: str) -> None:
+    """Catch typos: every dotted key of an override must exist in the resolved config."""
+    tree = cfg.to_dict()
+    for key in overrides:
+        node: Any = tree
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, (dict, ConfigDict)) or part not in node:
+                known = sorted(node.keys()) if isinstance(node, (dict, ConfigDict)) else []
+                where = ".".join(parts[:i]) or "top level"
+                raise ConfigError(
+                    f"{origin}: unknown config key '{key}' ('{part}' not found under {where}; "
+                    f"known keys there: {', '.join(known)})"
+                )
+            node = node[part]
+
+
+def load_config(
+    method_config: str | Path | None = None,
+    user_config: str | Path | None = None,
+    cli: dict[str, Any] | None = None,
+    set_items: Iterable[str] = (),
+) -> Config:
+    cfg = Config.fromfile(str(DEFAULT_CONFIG))
+    for path, origin in ((method_config, "method default"), (user_config, "--config")):
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise ConfigError(f"config file '{path}' does not exist ({origin})")
+        cfg.merge_from_dict(Config.fromfile(str(path)).to_dict())
+    if cli:
+        cli = {k: v for k, v in cli.items() if v is not None}
+        _check_keys_exist(cfg, cli, "command-line flag")
+        cfg.merge_from_dict(cli)
+    overrides = parse_set_items(set_items)
+    _check_keys_exist(cfg, overrides, "--set")
+    cfg.merge_from_dict(overrides)
+    return cfg
+
+
+def config_to_json(cfg: Config | ConfigDict | dict) -> str:
+    """Resolved config as stable JSON (stored in the run dir and the results store)."""
+    data = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    return json.dumps(data, sort_keys=True, default=str, indent=1)

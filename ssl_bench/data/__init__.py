@@ -1,0 +1,31 @@
+"""Datasets (uint8 batches in a reproducible, DDP-sharded order) and batched augmentation."""
+
+from .base import (
+    DatasetInfo,
+    FolderSplit,
+    ImageDataset,
+    ImageSplit,
+    TensorSplit,
+    balanced_subset_indices,
+    suggest_patch_size,
+)
+from .datasets import (
+    BUILTIN_DATASETS,
+    DatasetNotFoundError,
+    default_data_root,
+    load_dataset,
+)
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "FolderSplit",
+    "ImageDataset",
+    "ImageSplit",
+    "TensorSplit",
+    "balanced_subset_indices",
+    "default_data_root",
+    "load_dataset",
+    "suggest_patch_size",
+]

@@ -1,0 +1,42 @@
+"""Errors users see. Each message names the problem and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class SSLBenchError(Exception):
+    """Base class: the CLI prints these as one clear message instead of a traceback."""
+
+
+class UnknownComponentError(SSLBenchError, KeyError):
+    def __init__(self, kind: str, name: str, available: Iterable[str]):
+        names = sorted(available)
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.4)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        msg = (
+            f"unknown {kind} '{name}'.{hint} Available {kind}s: {', '.join(names) or '(none)'}."
+            " Run `ssl-bench list` to see every registered component."
+        )
+        super().__init__(msg)
+        self.kind, self.name, self.available, self.suggestion = kind, name, names, (close[0] if close else None)
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class PluginClashError(SSLBenchError):
+    """Two packages registered the same name for the same kind."""
+
+
+class CheckpointError(SSLBenchError):
+    """A checkpoint could not be read; nothing was overwritten."""
+
+
+class NonFiniteLossError(SSLBenchError):
+    """Training produced NaN/inf; the last good checkpoint is kept."""
+
+
+class ConfigError(SSLBenchError):
+    """A config value is invalid or inconsistent."""

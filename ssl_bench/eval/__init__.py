@@ -1,0 +1,16 @@
+"""Frozen-feature evaluators shared by every method: weighted k-NN (DINO) and linear probe (MAE)."""
+
+from ssl_bench.eval.base import EvalInputError, EvalResult, Evaluator
+from ssl_bench.eval.knn import KNNEvaluator, KNNProtocol, knn_predict
+from ssl_bench.eval.linear_probe import LinearProbeEvaluator, LinearProbeProtocol
+
+__all__ = [
+    "EvalInputError",
+    "EvalResult",
+    "Evaluator",
+    "KNNEvaluator",
+    "KNNProtocol",
+    "LinearProbeEvaluator",
+    "LinearProbeProtocol",
+    "knn_predict",
+]

@@ -1,0 +1,395 @@
+"""Leaderboard tables generated from the results store.
+
+The tables are *derived* data: they are rebuilt from ``ResultsStore`` on demand
+so that re-evaluating a run (``ssl-bench eval``) or finishing a new one is
+reflected without anyone editing a markdown file by hand.
+
+Two views:
+
+* :func:`build_leaderboard` - one row per (method, backbone, dataset), using the
+  latest finished run, baselines (pixels / random-init) first.
+* :func:`build_table4` - our linear-probe numbers next to the l-DAE paper's
+  Table 4, with a ``notes`` column that flags where our settings differ (so a
+  1-epoch Fashion-MNIST smoke run is never mistaken for a reproduction).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+
+from .store import ResultsStore, is_accuracy_metric
+
+BASELINE_METHODS: tuple[str, ...] = ("pixels", "random-init")
+
+KNN_COL = "k-NN top-1 (k=20)"
+LINEAR_COL = "linear top-1"
+WALL_COL = "wall time (s)"
+THROUGHPUT_COL = "throughput (img/s)"
+LABELS_COL = "labels"
+
+#: Metric name -> leaderboard column, in display order. ``knn_top1`` is resolved
+#: specially (k=20 only, see :func:`_knn_top1_k20`). Extend this to surface a
+#: new headline metric; metrics not listed here stay in the store only.
+HEADLINE_METRICS: dict[str, str] = {
+    "knn_top1": KNN_COL,
+    "linear_top1": LINEAR_COL,
+    "linear_top5": "linear top-5",
+    "nll_bpd": "NLL (bits/dim)",
+}
+#: Shown even when no run has them, so the core comparison is always visible.
+ALWAYS_SHOWN: tuple[str, ...] = ("knn_top1", "linear_top1")
+KNN_K = 20
+
+#: l-DAE paper (Chen et al., "Deconstructing Denoising Diffusion Models for
+#: Self-Supervised Learning"), Table 4: ImageNet-1k linear-probe top-1 (%).
+PAPER_TABLE4: dict[str, dict[str, float]] = {
+    "mocov3": {"vit-b": 76.7, "vit-l": 77.6},
+    "mae": {"vit-b": 68.0, "vit-l": 75.8},
+    "ldae": {"vit-b": 66.6, "vit-l": 75.0},
+}
+#: Pre-training epochs behind the paper numbers (MAE / l-DAE 1600, MoCo v3 300).
+PAPER_EPOCHS: dict[str, int] = {"mocov3": 300, "mae": 1600, "ldae": 1600}
+PAPER_DATASET = "ImageNet-1k"
+PAPER_BACKBONES: tuple[str, ...] = ("vit-b", "vit-l")
+
+_IMAGENET1K_NAMES = {"imagenet", "imagenet-1k", "imagenet1k", "in1k", "in-1k", "ilsvrc2012"}
+_BACKBONE_ALIASES = {
+    "vit-base": "vit-b",
+    "vit-b-16": "vit-b",
+    "vit-b/16": "vit-b",
+    "vit-large": "vit-l",
+    "vit-l-16": "vit-l",
+    "vit-l/16": "vit-l",
+}
+RENDER_FORMATS: tuple[str, ...] = ("md", "csv", "html")
+
+
+# -- selection -----------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """The latest finished run of one (method, backbone, dataset) and its metrics."""
+
+    run_id: int
+    method: str
+    backbone: str | None
+    dataset: str | None
+    epochs: int | None
+    seed: int | None
+    wall_time_s: float | None
+    throughput_img_s: float | None
+    uses_labels: bool
+    is_baseline: bool
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> bool:
+        return self.is_baseline or self.method in BASELINE_METHODS
+
+    def linear(self) -> float | None:
+        return self.metrics.get("linear_top1")
+
+
+def _none(v: Any) -> Any:
+    """pandas NaN/NA -> None so plain python comparisons work."""
+    if v is None:
+        return None
+    try:
+        return None if pd.isna(v) else v
+    except (TypeError, ValueError):
+        return v
+
+
+def _latest_finished(
+    store: ResultsStore, dataset: str | None = None, backbone: str | None = None
+) -> list[_Entry]:
+    """Latest finished run per (method, backbone, dataset); ties broken by run id."""
+    runs = store.runs_frame()
+    if runs.empty:
+        return []
+    runs = runs[runs["status"] == "finished"]
+    if dataset is not None:
+        runs = runs[runs["dataset"] == dataset]
+    if backbone is not None:
+        runs = runs[runs["backbone"] == backbone]
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rec in runs.to_dict("records"):
+        key = (rec["method"], _none(rec["backbone"]), _none(rec["dataset"]))
+        when = _none(rec["finished_at"]) or rec["created_at"]
+        rank = (when, int(rec["id"]))
+        if key not in latest or rank > latest[key]["_rank"]:
+            latest[key] = {**rec, "_rank": rank}
+
+    entries = {
+        int(r["id"]): _Entry(
+            run_id=int(r["id"]),
+            method=r["method"],
+            backbone=_none(r["backbone"]),
+            dataset=_none(r["dataset"]),
+            epochs=_none(r["epochs"]),
+            seed=_none(r["seed"]),
+            wall_time_s=_none(r["wall_time_s"]),
+            throughput_img_s=_none(r["throughput_img_s"]),
+            uses_labels=bool(r["uses_labels"]),
+            is_baseline=bool(r["is_baseline"]),
+        )
+        for r in latest.values()
+    }
+    metrics = store.metrics_frame()
+    if not metrics.empty:
+        metrics = metrics[metrics["run_id"].isin(list(entries))]
+        # Ordered by metric id, so a later value of the same name wins.
+        for m in metrics.to_dict("records"):
+            e = entries[int(m["run_id"])]
+            e.metrics[m["name"]] = _none(m["value"])
+            e.protocols[m["name"]] = json.loads(m["protocol_json"] or "{}")
+    return list(entries.values())
+
+
+def _knn_top1_k20(e: _Entry) -> float | None:
+    """k-NN top-1 at k=20: ``knn_top1_k20`` if present, else ``knn_top1`` unless
+    its protocol records a different k (a k=10 number must not fill a k=20 column)."""
+    if e.metrics.get(f"knn_top1_k{KNN_K}") is not None:
+        return e.metrics[f"knn_top1_k{KNN_K}"]
+    k = e.protocols.get("knn_top1", {}).get("k")
+    if k is not None and int(k) != KNN_K:
+        return None
+    return e.metrics.get("knn_top1")
+
+
+def _metric_value(e: _Entry, name: str) -> float | None:
+    v = _knn_top1_k20(e) if name == "knn_top1" else e.metrics.get(name)
+    if v is None:
+        return None
+    return round(100.0 * v, 1) if is_accuracy_metric(name) else round(float(v), 4)
+
+
+def _sort_key(e: _Entry) -> tuple[Any, ...]:
+    """Baselines first (pixels, random-init, others), then linear top-1 desc, missing last."""
+    lin = e.linear()
+    base_order = BASELINE_METHODS.index(e.method) if e.method in BASELINE_METHODS else 99
+    return (
+        0 if e.baseline else 1,
+        base_order if e.baseline else 0,
+        lin is None,
+        -(lin or 0.0),
+        e.method,
+        e.backbone or "",
+        e.dataset or "",
+    )
+
+
+# -- leaderboard ---------------------------------------------------------------------
+
+
+def build_leaderboard(
+    store: ResultsStore, dataset: str | None = None, backbone: str | None = None
+) -> pd.DataFrame:
+    """One row per (method, backbone, dataset) from its latest finished run.
+
+    Accuracies are percentages with one decimal; optional headline metrics get a
+    column only if some row has them; ``labels`` is True for runs that used labels
+    during pre-training (e.g. class-conditional DiT), which is not label-free SSL.
+    """
+    entries = sorted(_latest_finished(store, dataset, backbone), key=_sort_key)
+    shown = [
+        name
+        for name in HEADLINE_METRICS
+        if name in ALWAYS_SHOWN or any(_metric_value(e, name) is not None for e in entries)
+    ]
+    rows = []
+    for e in entries:
+        row: dict[str, Any] = {
+            "method": e.method,
+            "backbone": e.backbone,
+            "dataset": e.dataset,
+            "epochs": e.epochs,
+        }
+        for name in shown:
+            row[HEADLINE_METRICS[name]] = _metric_value(e, name)
+        row.update(
+            {
+                "seed": e.seed,
+                WALL_COL: None if e.wall_time_s is None else round(float(e.wall_time_s), 1),
+                THROUGHPUT_COL: (
+                    None if e.throughput_img_s is None else round(float(e.throughput_img_s), 1)
+                ),
+                LABELS_COL: e.uses_labels,
+                "run_id": e.run_id,
+            }
+        )
+        rows.append(row)
+    columns = ["method", "backbone", "dataset", "epochs"]
+    columns += [HEADLINE_METRICS[n] for n in shown]
+    columns += ["seed", WALL_COL, THROUGHPUT_COL, LABELS_COL, "run_id"]
+    df = pd.DataFrame(rows, columns=columns)
+    for col in ("epochs", "seed", "run_id"):
+        df[col] = df[col].astype("Int64")
+    for col in columns[4 : 4 + len(shown)] + [WALL_COL, THROUGHPUT_COL]:
+        df[col] = df[col].astype("float64")
+    df[LABELS_COL] = df[LABELS_COL].astype(bool)
+    return df
+
+
+# -- Table 4 -------------------------------------------------------------------------
+
+
+def _canon_backbone(name: str | None) -> str:
+    b = (name or "").lower().replace("_", "-")
+    return _BACKBONE_ALIASES.get(b, b)
+
+
+def _canon_method(name: str) -> str:
+    """Map spelling variants (moco-v3, l_dae) onto the paper keys; others unchanged."""
+    squashed = name.lower().replace("-", "").replace("_", "")
+    return squashed if squashed in PAPER_TABLE4 else name
+
+
+def _is_imagenet1k(dataset: str | None) -> bool:
+    return (dataset or "").lower().replace("_", "-") in _IMAGENET1K_NAMES
+
+
+def _ep(n: int | None) -> str:
+    return f"{n} ep" if n is not None else "? ep"
+
+
+def _setting_note(method: str, backbone: str, e: _Entry) -> str | None:
+    """Describe how ``e``'s settings differ from the paper's, or None if they match."""
+    if method not in PAPER_TABLE4:
+        return "not in paper Table 4"
+    paper_ep = PAPER_EPOCHS[method]
+    paper_bb = backbone in PAPER_BACKBONES
+    same = _is_imagenet1k(e.dataset) and e.epochs == paper_ep and paper_bb
+    if same:
+        return None
+    ours = [] if paper_bb else [f"{e.backbone}"]
+    ours += [e.dataset or "?", _ep(e.epochs)]
+    paper = [] if paper_bb else ["ViT-B/ViT-L"]
+    paper += [PAPER_DATASET, _ep(paper_ep)]
+    return f"ours: {', '.join(ours)}; paper: {', '.join(paper)}"
+
+
+def _pick(cands: list[_Entry]) -> _Entry | None:
+    """Prefer an ImageNet-1k run (the paper's setting), then one with a linear
+    probe, then the most recent."""
+    if not cands:
+        return None
+    return max(cands, key=lambda e: (_is_imagenet1k(e.dataset), e.linear() is not None, e.run_id))
+
+
+def _ordered(first: Iterable[str], present: Iterable[str], key: Callable[[str], Any]) -> list[str]:
+    out = list(first)
+    out += sorted({p for p in present if p not in out}, key=key)
+    return out
+
+
+def build_table4(store: ResultsStore) -> pd.DataFrame:
+    """Our linear top-1 next to the paper's Table 4, one row per method.
+
+    Columns: ``method``, then ``<backbone> ours`` / ``<backbone> paper`` for
+    vit-b, vit-l and any other backbone present, then ``notes``. A note is
+    written whenever our dataset, epochs or backbone differ from the paper's.
+    """
+    entries = _latest_finished(store)
+    by_key: dict[tuple[str, str], list[_Entry]] = {}
+    for e in entries:
+        by_key.setdefault((_canon_method(e.method), _canon_backbone(e.backbone)), []).append(e)
+    methods = _ordered(
+        PAPER_TABLE4,
+        (m for m, _ in by_key),
+        key=lambda m: (m not in BASELINE_METHODS, m),
+    )
+    backbones = _ordered(PAPER_BACKBONES, (b for _, b in by_key), key=str)
+
+    rows = []
+    for method in methods:
+        row: dict[str, Any] = {"method": method}
+        notes: list[tuple[str, str]] = []
+        n_runs = 0
+        for bb in backbones:
+            e = _pick(by_key.get((method, bb), []))
+            n_runs += e is not None
+            lin = None if e is None else e.linear()
+            row[f"{bb} ours"] = None if lin is None else round(100.0 * lin, 1)
+            row[f"{bb} paper"] = PAPER_TABLE4.get(method, {}).get(bb)
+            note = None if e is None else _setting_note(method, bb, e)
+            if note:
+                notes.append((bb, note))
+        # A note shared by every backbone we ran is stated once; otherwise each is
+        # prefixed by its backbone so it is clear which number it qualifies.
+        if len({n for _, n in notes}) == 1 and len(notes) == n_runs:
+            row["notes"] = notes[0][1]
+        else:
+            row["notes"] = " | ".join(f"{bb}: {n}" for bb, n in notes)
+        rows.append(row)
+    columns = ["method"] + [f"{bb} {w}" for bb in backbones for w in ("ours", "paper")] + ["notes"]
+    df = pd.DataFrame(rows, columns=columns)
+    for col in columns[1:-1]:
+        df[col] = df[col].astype("float64")
+    return df
+
+
+# -- rendering -----------------------------------------------------------------------
+
+
+def _decimals(col: str) -> int | None:
+    """Fixed decimals per column so 80.0 prints as 80.0, not 80; None = as is."""
+    if col in (KNN_COL, LINEAR_COL, WALL_COL, THROUGHPUT_COL):
+        return 1
+    if col.endswith(" ours") or col.endswith(" paper"):
+        return 1
+    if col == HEADLINE_METRICS["nll_bpd"]:
+        return 3
+    if col in HEADLINE_METRICS.values():
+        return 1
+    return None
+
+
+def _fmt_cell(v: Any, decimals: int | None, is_bool: bool) -> str:
+    if is_bool:
+        return "yes" if bool(v) else ""
+    v = _none(v)
+    if v is None:
+        return ""
+    if decimals is not None and isinstance(v, (int, float)) and not math.isnan(float(v)):
+        return f"{float(v):.{decimals}f}"
+    return str(v)
+
+
+def _display(df: pd.DataFrame) -> pd.DataFrame:
+    """All-string copy with fixed decimals and blanks for missing values."""
+    out = {}
+    for col in df.columns:
+        is_bool = pd.api.types.is_bool_dtype(df[col])
+        dec = _decimals(str(col))
+        out[col] = [_fmt_cell(v, dec, is_bool) for v in df[col].tolist()]
+    return pd.DataFrame(out, columns=list(df.columns), dtype=object)
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """Render a leaderboard/table frame as markdown, CSV or HTML.
+
+    md/html get display formatting (one decimal for accuracies, blanks for
+    missing); csv keeps the numeric frame so it can be loaded back for analysis.
+    """
+    if fmt not in RENDER_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(RENDER_FORMATS)}")
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    shown = _display(df)
+    if fmt == "html":
+        return shown.to_html(index=False, na_rep="")
+    colalign = [
+        "right" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+        else "left"
+        for c in df.columns
+    ]
+    # disable_numparse: cells are already formatted; tabulate would turn "80.0" into "80".
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=colalign)
