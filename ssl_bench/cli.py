@@ -161,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if not log.handlers:  # our messages only; third-party INFO chatter (faiss) stays quiet
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     try:
         return args.func(args)
     except SSLBenchError as exc:
@@ -170,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:  # datasets raise a subclass with the paths tried
         print(f"ssl-bench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ssl-bench list | head`
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""Every registered method x a tiny backbone trains end to end on CPU; reproducibility and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssl_bench.errors import CheckpointError, NonFiniteLossError
+from ssl_bench.registry import get_registry
+from ssl_bench.results.leaderboard import build_leaderboard
+from ssl_bench.results.store import ResultsStore
+from ssl_bench.runner import load_dataset, run_baseline, run_method
+from ssl_bench.train.checkpoint import CHECKPOINT_NAME
+from ssl_bench.train.distributed import DistContext
+
+CPU = DistContext(0, 1, 0, torch.device("cpu"))
+METHODS = get_registry().names("method")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ResultsStore(tmp_path / "results.db")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_trains_and_lands_on_leaderboard(method, tiny_cfg, store):
+    cfg = tiny_cfg(method)
+    out = run_method(method, cfg, store, CPU)
+    assert (out.run_dir / CHECKPOINT_NAME).is_file()
+    assert (out.run_dir / "config.py").is_file() and (out.run_dir / "features.pt").is_file()
+    assert 0.0 <= out.metrics["knn_top1"] <= 1.0 and 0.0 <= out.metrics["linear_top1"] <= 1.0
+    dataset = load_dataset(cfg, get_registry())
+    for name in ("pixels", "random-init"):
+        run_baseline(name, cfg, store, dataset, CPU.device)
+    table = build_leaderboard(store, dataset="digits", backbone="vit-nano")
+    assert list(table["method"])[:2] == ["pixels", "random-init"]
+    assert method in set(table["method"])
+
+
+def test_same_seed_same_metrics(tiny_cfg, store):
+    a = run_method("mae", tiny_cfg("mae"), store, CPU)
+    b = run_method("mae", tiny_cfg("mae"), store, CPU)
+    assert a.run_dir != b.run_dir  # an earlier run is never overwritten
+    assert a.metrics == b.metrics
+    c = run_method("mae", tiny_cfg("mae", "seed=1"), store, CPU)
+    assert c.metrics != a.metrics
+
+
+def test_killed_mid_epoch_then_resumed_matches_uninterrupted(tiny_cfg, store, monkeypatch):
+    full = run_method("mae", tiny_cfg("mae", "train.epochs=3"), store, CPU)
+
+    from ssl_bench_plugins.mae.method import MAE
+
+    real_step = MAE.training_step
+    calls = {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4 + 2:  # 4 steps per epoch: dies in the middle of epoch 2
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MAE, "training_step", dying_step)
+    cfg = tiny_cfg("mae", "train.epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        run_method("mae", cfg, store, CPU)
+    monkeypatch.setattr(MAE, "training_step", real_step)
+    killed_dir = max((p for p in full.run_dir.parent.iterdir()), key=lambda p: p.stat().st_mtime)
+    assert torch.load(killed_dir / CHECKPOINT_NAME, weights_only=True)["epoch"] == 1
+    resumed = run_method("mae", tiny_cfg("mae", "train.epochs=3"), store, CPU, resume=killed_dir)
+    assert resumed.run_dir == killed_dir
+    assert resumed.metrics == full.metrics
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_not_overwritten(tiny_cfg, store):
+    out = run_method("mae", tiny_cfg("mae", "train.epochs=1"), store, CPU)
+    ckpt = out.run_dir / CHECKPOINT_NAME
+    ckpt.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable.*left untouched"):
+        run_method("mae", tiny_cfg("mae", "train.epochs=2"), store, CPU, resume=out.run_dir)
+    assert ckpt.read_bytes() == b"this is not a checkpoint"
+
+
+def test_resume_without_checkpoint_says_so(tiny_cfg, store, tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        run_method("mae", tiny_cfg("mae"), store, CPU, resume=tmp_path / "nowhere")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg, store, monkeypatch):
+    from ssl_bench.components.base import StepOutput
+    from ssl_bench_plugins.mae.method import MAE
+
+    real_step = MAE.training_step
+    calls = {"n": 0}
+
+    def nan_step(self, *args, **kwargs):
+        calls["n"] += 1
+        out = real_step(self, *args, **kwargs)
+        if calls["n"] > 4:  # epoch 2
+            return StepOutput(out.loss * math.nan, out.logs)
+        return out
+
+    monkeypatch.setattr(MAE, "training_step", nan_step)
+    cfg = tiny_cfg("mae")
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        run_method("mae", cfg, store, CPU)
+    ckpts = list((store.path.parent / "runs").rglob(CHECKPOINT_NAME))
+    assert len(ckpts) == 1 and torch.load(ckpts[0], weights_only=True)["epoch"] == 1
+    runs = store.runs_frame()
+    assert runs.iloc[-1]["status"] == "failed"
