@@ -8,15 +8,30 @@ from ssl_bench.hookspecs import hookimpl
 @hookimpl
 def ssl_bench_tokenizers():
     from ssl_bench.components.patches import PatchTokenizer
+    from ssl_bench.components.tokenizers import (
+        ConvVAETokenizer,
+        PatchAETokenizer,
+        PatchPCATokenizer,
+        PatchVAETokenizer,
+        PixelTokenizer,
+    )
 
-    return {"patch": PatchTokenizer}
+    return {
+        "patch": PatchTokenizer,
+        "patch-pca": PatchPCATokenizer,
+        "patch-ae": PatchAETokenizer,
+        "patch-vae": PatchVAETokenizer,
+        "conv-vae": ConvVAETokenizer,
+        "pixel": PixelTokenizer,
+    }
 
 
 @hookimpl
 def ssl_bench_corruptions():
     from ssl_bench.components.masking import RandomMasking
+    from ssl_bench.components.noise import AdditiveLatentNoise
 
-    return {"random-masking": RandomMasking}
+    return {"random-masking": RandomMasking, "additive-latent-noise": AdditiveLatentNoise}
 
 
 @hookimpl
@@ -28,9 +43,21 @@ def ssl_bench_noise_schedules():
 
 @hookimpl
 def ssl_bench_targets():
+    from ssl_bench.components.latent_targets import (
+        CleanLatentTarget,
+        InverseTokenizerImageTarget,
+        NoiseTarget,
+        OriginalImageTarget,
+    )
     from ssl_bench.components.targets import NormalizedPixelTarget
 
-    return {"norm-pix": NormalizedPixelTarget}
+    return {
+        "norm-pix": NormalizedPixelTarget,
+        "noise": NoiseTarget,
+        "clean-latent": CleanLatentTarget,
+        "inverse-tokenizer-image": InverseTokenizerImageTarget,
+        "original-image": OriginalImageTarget,
+    }
 
 
 @hookimpl

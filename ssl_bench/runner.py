@@ -88,7 +88,12 @@ def latest_run_dir(out: str | Path, cfg: Any, name: str) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def evaluate_features(feats: dict[str, torch.Tensor], cfg: Any, registry: Registry, num_classes: int) -> list[tuple[str, EvalResult]]:
+def evaluate_features(
+    feats: dict[str, torch.Tensor], cfg: Any, registry: Registry, num_classes: int, device: torch.device | None = None
+) -> list[tuple[str, EvalResult]]:
+    """Run every configured evaluator on cached features, on `device` (GPU k-NN and probe on CUDA)."""
+    if device is not None and device.type == "cuda":
+        feats = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feats.items()}
     results = []
     for name in cfg.eval.evaluators:
         cls = registry.get("evaluator", name)
@@ -143,6 +148,7 @@ def run_method(
         handler = _attach_logfile(run_dir)
     barrier(ctx)
     model = build_method(cfg, registry, info)
+    model.run_dir = run_dir  # where a method writes its own artefacts (PCA bases, figures)
     run_id = None
     if ctx.is_main:
         run_id = store.find_run(str(run_dir)) if resume else None
@@ -172,7 +178,8 @@ def run_method(
         model.eval()
         protocol = {"features": model.probe_protocol(), "method": method}
         feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, ctx.device, protocol)
-        results = evaluate_features(feats, cfg, registry, info.num_classes)
+        results = evaluate_features(feats, cfg, registry, info.num_classes, ctx.device)
+        results += model.extra_evaluations(dataset, ctx.device)
         metrics = _record(store, run_id, results, {"features": protocol["features"]})
         (run_dir / "metrics.json").write_text(json.dumps({n: r.to_dict() for n, r in results}, indent=1, default=str))
         store.update_run(
@@ -207,7 +214,7 @@ def run_baseline(name: str, cfg: Any, store: ResultsStore, dataset: Any, device:
         epochs=0, device=str(device), is_baseline=True,
     ))
     feats = cached_features(run_dir, torch.no_grad()(fn), dataset, cfg.eval.batch_size, device, feature)
-    results = evaluate_features(feats, cfg, registry, dataset.info.num_classes)
+    results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device)
     metrics = _record(store, run_id, results, {"features": feature["feature"]})
     store.update_run(run_id, status="finished", finished_at=utc_now(), wall_time_s=time.perf_counter() - t0)
     log.info("%s: %s", name, _summary(metrics))
@@ -232,7 +239,8 @@ def evaluate_run(run_dir: str | Path, store: ResultsStore, device: torch.device,
     model.to(device).eval()
     protocol = {"features": model.probe_protocol(), "method": cfg.method.name}
     feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, device, protocol, recompute=recompute)
-    results = evaluate_features(feats, cfg, registry, dataset.info.num_classes)
+    results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device)
+    results += model.extra_evaluations(dataset, device)
     run_id = store.find_run(str(run_dir))
     if run_id is None:
         run_id = store.add_run(RunRecord(

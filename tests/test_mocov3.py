@@ -356,3 +356,48 @@ def test_two_rank_gathered_loss_matches_single_process(tmp_path):
     assert res["steps"] == 2 and res["params_equal"] and not res["sync_bn"]
     assert res["momentum"] == pytest.approx(momentum_at(1.0, 1, 0.99))
     assert math.isfinite(res["loss"])
+
+
+# ------------------------------------------------------------------------------------ resume
+
+
+def test_killed_then_resumed_matches_uninterrupted(tmp_path, monkeypatch):
+    """The momentum schedule position is checkpointed: a run killed in epoch 2 and resumed from
+    the epoch-1 checkpoint ends with exactly the weights of an uninterrupted run."""
+    from ssl_bench.data.base import TensorSplit
+    from ssl_bench.train.distributed import DistContext
+    from ssl_bench.train.loop import train
+
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    split = TensorSplit(_images(32), torch.zeros(32, dtype=torch.long))
+    extra = ("train.epochs=2", "train.warmup_epochs=1")  # 2 steps per epoch
+
+    full = _tiny_method(*extra)
+    (tmp_path / "full").mkdir()
+    train(full, split, full.cfg, tmp_path / "full", ctx)
+
+    real_step = MoCoV3.training_step
+    calls = {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # first step of epoch 2
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MoCoV3, "training_step", dying_step)
+    killed = _tiny_method(*extra)
+    (tmp_path / "killed").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        train(killed, split, killed.cfg, tmp_path / "killed", ctx)
+    monkeypatch.setattr(MoCoV3, "training_step", real_step)
+
+    resumed = _tiny_method(*extra)
+    assert resumed.momentum == pytest.approx(0.99)
+    train(resumed, split, resumed.cfg, tmp_path / "killed", ctx, resume=True)
+    assert resumed.momentum == full.momentum == pytest.approx(1.0)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key

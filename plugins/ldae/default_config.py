@@ -40,14 +40,16 @@ method = dict(
     image_size=None,  # resize (the pixel tokenizer of Fig. 5: 64 px with a 4 px patch); None = dataset's
     augment=dict(crop_scale=None, flip_p=0.0),  # l-DAE: center crop only; random crop: crop_scale=(0.2, 1.0)
     # Probe: encoder output (first half), average-pooled, at fixed t = 10 with clean input.
-    probe=dict(t=10, input="clean", block=None, noise_seed=0),
+    probe=dict(t=None, input="clean", block=None, noise_seed=0),  # t None: 10 (constant-sigma: its t_fixed)
     figures=True,  # PCA filters, latent-vs-pixel noise, denoising examples into the run dir
 )
 
 # l-DAE App. A: AdamW, no weight decay, blr 1e-4 (x batch / 256), warm-up 100 of 400 epochs then cosine.
 # betas (0.9, 0.999) and no EMA are UNVERIFIED (DiT's). Epochs / batch are CPU-sized here.
 train = dict(
-    blr=1e-4,
+    # CPU-sized: 10x the paper's 1e-4 (benchmarks/table4 keeps 1e-4). Digits, vit-nano, 10 epochs:
+    # blr 1e-4 -> k-NN 25.3% / linear 41.9%; 1e-3 -> 31.1% / 75.8%.
+    blr=1e-3,
     betas=(0.9, 0.999),
     weight_decay=0.0,
     epochs=10,

@@ -143,7 +143,9 @@ class DenoisingMethod(Method):
         self.crop_scale = tuple(aug["crop_scale"]) if aug.get("crop_scale") else None
         self.flip_p = float(aug.get("flip_p") or 0.0)
         probe = m.get("probe") or {}
-        self.probe_t = int(probe.get("t", 10))
+        # probe t: 10 of 1000 (App. A); a single-noise-level schedule is probed at its one t
+        probe_t = probe.get("t")
+        self.probe_t = int(probe_t if probe_t is not None else getattr(self.schedule, "t_fixed", 10))
         self.probe_input = probe.get("input", "clean")
         if self.probe_input not in ("clean", "noisy"):
             raise ValueError(f"method.probe.input must be 'clean' or 'noisy', got {self.probe_input!r}")
@@ -343,7 +345,7 @@ class DenoisingMethod(Method):
         handler (the runner attaches it before building the method). None on non-main ranks."""
         if self.run_dir is not None:
             return Path(self.run_dir)
-        for h in logging.getLogger("ssl_bench").handlers:
+        for h in reversed(logging.getLogger("ssl_bench").handlers):  # the most recent run's log
             if isinstance(h, logging.FileHandler) and Path(h.baseFilename).name == "train.log":
                 return Path(h.baseFilename).parent
         return None
@@ -371,12 +373,15 @@ class DenoisingMethod(Method):
 
     def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
         x = self.preprocess_train(images, generator)  # [N, C, H, W]
-        with torch.no_grad():
+        # tokenizer, noise and target in float32 even under bf16 autocast: the PCA projection and the
+        # noise scale are exact quantities, not network activations
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             z0 = self.tokenizer.encode(x)  # [N, L, d]
             noisy = self.corruption(z0, generator)
             target, weight = self.target(x, z0, noisy)  # [N, L, P], [N, 1, 1 or P]
         pred = self.predict(x, z0, noisy, labels, generator)  # [N, L, P]
-        loss = weighted_mean_sq(self.target.to_loss_space(pred), target, weight)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            loss = weighted_mean_sq(self.target.to_loss_space(pred.float()), target, weight)
         return StepOutput(loss, {"loss": loss.detach()})
 
     def probe_input_for(self, x: Tensor) -> Tensor:

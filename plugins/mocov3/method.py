@@ -110,7 +110,8 @@ def use_sync_bn(option: bool | str) -> bool:
         return False
     if option == "auto":
         if dist.get_backend() == "gloo":
-            log.warning("mocov3: gloo backend (CPU): SyncBatchNorm is unavailable, heads use per-process BatchNorm")
+            if dist.get_rank() == 0:
+                log.warning("mocov3: gloo backend (CPU): no SyncBatchNorm there, the heads use per-process BatchNorm")
             return False
         return True
     return bool(option)
@@ -138,8 +139,8 @@ class MoCoV3(Method):
     Differences from the official code, all deliberate:
 
     * Both views go through the backbone as one concatenated batch (a ViT has no cross-sample
-      operation, so this is exactly two separate passes); the BatchNorm heads still see each view
-      as its own batch, as in the official code.
+      operation, so this computes what two separate passes would, in one larger matmul); the
+      BatchNorm heads still see each view as its own batch, as in the official code.
     * Frozen parameters (patch projection with ``stop_grad_conv1``, the fixed position embedding)
       are excluded from the momentum update: they are identical copies, and m*a + (1-m)*a is a in
       exact arithmetic but can drift by an ulp per step in float32.
@@ -232,12 +233,17 @@ class MoCoV3(Method):
         h = backbone.encode(x)[:, 0]  # [2N, D] cls token after the final norm
         return projector(h[:n]), projector(h[n:])  # [N, P] each
 
-    def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
+    def augmentation_only(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """The two asymmetric views of a uint8 batch, stacked [2N, C, H, W] (timed on its own by
+        benchmarks/throughput.py: augmentation is MoCo v3's main non-network cost)."""
         mean, std = self.info.mean, self.info.std
         x1 = self.view1(images, mean, std, generator)  # [N, C, H, W] always blurred
         x2 = self.view2(images, mean, std, generator)  # [N, C, H, W] rarely blurred, solarized
-        n = x1.shape[0]
-        x = torch.cat([x1, x2], dim=0)  # [2N, C, H, W]
+        return torch.cat([x1, x2], dim=0)
+
+    def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
+        x = self.augmentation_only(images, generator)  # [2N, C, H, W]
+        n = x.shape[0] // 2
 
         z1, z2 = self._embed(self.backbone, self.projector, x, n)
         q1, q2 = self.predictor(z1), self.predictor(z2)  # [N, P]

@@ -121,8 +121,19 @@ class Method(nn.Module, ABC):
         """How `probe_features` is computed, stored beside every metric."""
         return {}
 
-    def prepare(self, train_images: Tensor, generator: torch.Generator) -> None:
-        """Called once before training with normalised train images (e.g. to fit PCA bases)."""
+    def prepare(self, train_split: Any, generator: torch.Generator) -> None:
+        """Called once before training (not on resume) with the train split, e.g. to fit PCA bases.
+
+        `train_split.batches(...)` yields uint8 [B, C, H, W]; fitted state must live in buffers so
+        the checkpoint carries it.
+        """
+
+    def extra_evaluations(self, dataset: Any, device: torch.device) -> list[tuple[str, Any]]:
+        """Method-specific metrics beyond the shared probes, e.g. a diffusion model's test NLL.
+
+        Returns [(evaluator_name, EvalResult)]; the runner stores them beside k-NN and linear.
+        """
+        return []
 
     def on_train_step_end(self, epoch_progress: float, total_epochs: int) -> None:
         """Hook for per-iteration updates that are not gradient steps (momentum encoders)."""

@@ -1,0 +1,181 @@
+"""l-DAE / DiT-DDM: loss weights (fact 27), noise, targets, training steps, checkpoint, figures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssl_bench.components.base import Corrupted
+from ssl_bench.components.latent_targets import (
+    CleanLatentTarget,
+    InverseTokenizerImageTarget,
+    NoiseTarget,
+    OriginalImageTarget,
+    pca_direction_weights,
+    weighted_mean_sq,
+)
+from ssl_bench.components.noise import AdditiveLatentNoise
+from ssl_bench.components.patches import patchify
+from ssl_bench.components.schedules import Gamma2LinearSchedule, LinearBetaSchedule, SigmaLinearSchedule
+from ssl_bench.components.tokenizers import PatchPCATokenizer
+from ssl_bench.registry import get_registry
+from ssl_bench.runner import build_method, load_dataset
+
+
+@pytest.fixture(scope="module")
+def pca():
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.randn(64, 3, 4, 4, generator=g), size=(8, 8), mode="bilinear")
+    tok = PatchPCATokenizer(4, 3, 6)
+    tok.fit(x + 0.05 * torch.randn(x.shape, generator=g))
+    return tok
+
+
+def test_pca_direction_weights_1_and_0p1_fact27():
+    w = pca_direction_weights(768, 32)
+    assert w.shape == (768,)
+    assert torch.all(w[:32] == 1.0) and torch.allclose(w[32:], torch.full((736,), 0.1))
+    assert pca_direction_weights(4, 2, residual_weight=0.5).tolist() == [1.0, 1.0, 0.5, 0.5]
+
+
+def test_original_image_target_weights_and_lambda(pca):
+    sched = SigmaLinearSchedule(1000)
+    target = OriginalImageTarget(sched, pca, residual_weight=0.1)
+    x = torch.randn(3, 3, 8, 8)
+    t = torch.tensor([0, 10, 500])
+    cor = Corrupted(t=t)
+    coords, weight = target(x, pca.encode(x), cor)
+    assert coords.shape == (3, 4, 48) and weight.shape == (3, 1, 48)
+    sigma = math.sqrt(2) * t.double() / 1000
+    lam = 1 / (1 + sigma**2)  # lambda_t = 1/(1+sigma^2)
+    assert abs(lam[2].item() - 2 / 3) < 1e-12
+    torch.testing.assert_close(weight[:, 0, 0].double(), lam, rtol=1e-6, atol=0)
+    torch.testing.assert_close(weight[:, 0, 6:].double(), 0.1 * lam[:, None].expand(3, 42), rtol=1e-6, atol=0)
+    # Eq. 4 exactly: lambda_t * sum_i w_i r_i^2 with r = V_full (x0 - pred), averaged over patches/values
+    pred = torch.randn(3, 4, 48)
+    loss = weighted_mean_sq(target.to_loss_space(pred), coords, weight)
+    r = (patchify(x, 4) - pred) @ pca.basis.T  # [3, 4, 48]
+    w = pca_direction_weights(48, 6)
+    ref = (lam.float().view(3, 1) * (r**2 * w).sum(-1)).mean() / 48
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_other_targets_and_lambda_rules(pca):
+    z0 = torch.randn(2, 4, 6)
+    noise = torch.randn(2, 4, 6)
+    t = torch.tensor([100, 900])
+    eps_t, eps_w = NoiseTarget(LinearBetaSchedule())(None, z0, Corrupted(t=t, noise=noise))
+    assert torch.equal(eps_t, noise) and torch.equal(eps_w, torch.ones(2, 1, 1))
+    g2 = Gamma2LinearSchedule(1000)  # x0 weight on a VP schedule is gamma_t^2 (Eq. 3)
+    z_t, w = CleanLatentTarget(g2)(None, z0, Corrupted(t=t))
+    assert torch.equal(z_t, z0)
+    torch.testing.assert_close(w.view(-1).double(), torch.tensor([1 - 101 / 1000, 1 - 901 / 1000], dtype=torch.float64))
+    x = torch.randn(2, 3, 8, 8)
+    inv, _ = InverseTokenizerImageTarget(g2, pca, 4)(x, pca.encode(x), Corrupted(t=t))
+    torch.testing.assert_close(inv, pca.project(patchify(x, 4)), atol=1e-5, rtol=1e-5)  # V^T V x0 (+ mu)
+
+
+def test_additive_latent_noise(pca):
+    sched = SigmaLinearSchedule(1000)
+    noise = AdditiveLatentNoise(sched, project_to_image=True, tokenizer=pca)
+    z0 = torch.randn(5, 4, 6)
+    out = noise(z0, torch.Generator().manual_seed(0))
+    sig = sched.sigma(out.t)
+    assert torch.all(out.gamma == 1) and torch.allclose(out.sigma, sig)
+    torch.testing.assert_close(out.z_t, z0 + sig.view(-1, 1, 1) * out.noise)
+    torch.testing.assert_close(out.image, pca.decode(out.z_t))
+    again = noise(z0, torch.Generator().manual_seed(0))
+    assert torch.equal(again.z_t, out.z_t)  # reproducible from the generator
+    with pytest.raises(ValueError, match="tokenizer"):
+        AdditiveLatentNoise(sched, project_to_image=True)
+
+
+def _method(tiny_cfg, name, *extra):
+    cfg = tiny_cfg(name, "dataset.limit_train=128", *extra)
+    ds = load_dataset(cfg, get_registry())
+    m = build_method(cfg, get_registry(), ds.info)
+    m.prepare(ds.train, torch.Generator().manual_seed(0))
+    return m, ds
+
+
+def _train_losses(m, ds, steps=12, lr=2e-3):
+    images, labels = next(iter(ds.train.batches(32)))
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        out = m(images, labels, torch.Generator().manual_seed(0))  # same t / noise every step
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("ldae", ()),
+    ("ddm", ()),
+    ("ddm", ("method.class_cond=True",)),
+    ("ldae", ("method.tokenizer.name='patch-ae'", "method.tokenizer.steps=30")),
+    ("ldae", ("method.input_space='latent'", "method.output_space='latent'", "method.target='clean-latent'", "method.schedule.name='gamma2-linear'")),
+    ("ldae", ("method.output_space='image'", "method.target='inverse-tokenizer-image'")),
+    ("ldae", ("method.tokenizer.name='conv-vae'", "method.tokenizer.steps=20", "method.tokenizer.width=8",
+              "method.input_space='latent'", "method.output_space='latent'", "method.target=None")),
+])
+def test_training_step_finite_and_decreasing(tiny_cfg, name, extra):
+    torch.manual_seed(0)
+    m, ds = _method(tiny_cfg, name, *extra)
+    losses = _train_losses(m, ds)
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
+    assert m.uses_labels == ("method.class_cond=True" in extra)
+    feats = m.probe_features(torch.randn(3, 1, 8, 8))
+    assert feats.shape == (3, 32) and torch.isfinite(feats).all()
+
+
+def test_ldae_defaults_and_fresh_prediction_is_zero(tiny_cfg):
+    m, ds = _method(tiny_cfg, "ldae")
+    assert isinstance(m.tokenizer, PatchPCATokenizer) and m.tokenizer.latent_dim == 2  # 2x2x1 digits patches
+    assert m.schedule.name == "sigma-linear" and m.input_space == m.output_space == "image"
+    assert m.backbone.encoder_depth == 2 and m.backbone.decoder_depth == 2  # tiny backbone depth 2 -> 2 + 2
+    images, labels = next(iter(ds.train.batches(8)))
+    x = m.preprocess_train(images, torch.Generator().manual_seed(0))
+    z0 = m.tokenizer.encode(x)
+    noisy = m.corruption(z0, torch.Generator().manual_seed(0))
+    assert torch.equal(m.predict(x, z0, noisy), torch.zeros(8, 16, 4))  # fact 13 inside the method
+    # probe: clean image at t = 10 through the encoder half
+    m.eval()
+    f = m.probe_features(torch.randn(2, 1, 8, 8))
+    assert f.shape == (2, 32)
+    assert m.probe_protocol()["t"] == 10
+
+
+def test_config_mismatch_is_a_clear_error(tiny_cfg):
+    with pytest.raises(ValueError, match="target 'noise' needs prediction='eps'"):
+        _method(tiny_cfg, "ldae", "method.target='noise'")
+
+
+def test_checkpoint_round_trip_restores_pca(tiny_cfg):
+    m, ds = _method(tiny_cfg, "ldae")
+    _train_losses(m, ds, steps=2)
+    state = m.state_dict()
+    assert "tokenizer.basis" in state and "tokenizer.mean" in state
+    cfg = tiny_cfg("ldae", "dataset.limit_train=128")
+    fresh = build_method(cfg, get_registry(), ds.info)
+    fresh.load_state_dict(state)  # no prepare(): everything comes from the checkpoint
+    m.eval(), fresh.eval()
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(m.probe_features(x), fresh.probe_features(x))
+
+
+def test_figures_and_pca_basis_written(tiny_cfg, tmp_path):
+    from ssl_bench_plugins.ldae.figures import write_figures
+
+    m, ds = _method(tiny_cfg, "ldae")
+    m.eval()
+    paths = write_figures(m, m._figure_images, tmp_path)
+    assert sorted(p.name for p in paths) == ["fig4_pca_bases.png", "fig7_noise_latent_vs_pixel.png", "fig8_denoising.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    saved = torch.load(m.save_tokenizer(tmp_path), weights_only=True)
+    assert torch.equal(saved["basis"], m.tokenizer.basis) and saved["latent_dim"] == 2
