@@ -109,6 +109,84 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deconstruct(args: argparse.Namespace) -> int:
+    """Run rows of the l-DAE deconstruction chain (ssl_bench/deconstruct.py) and print ours vs the paper."""
+    import torch
+
+    from ssl_bench import deconstruct as dc
+    from ssl_bench.registry import get_registry
+    from ssl_bench.results.store import ResultsStore
+    from ssl_bench.train.distributed import init_distributed
+
+    registry = get_registry()
+    steps = dc.select_steps(args.rows)
+    chain_dir = dc.chain_dir_or_error(args.chain_dir)
+    cli = {
+        "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
+        "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
+    }
+    first = next((s for s in steps if s.config is not None), None)
+    probe = dc.base_config(first, registry, chain_dir, cli, args.set or ()) if first else None  # dataset, device
+    outcomes: list = []
+    is_main = True
+    if first is not None and not args.table_only:
+        ctx = init_distributed(probe.train.device)
+        is_main = ctx.is_main
+        store = ResultsStore(_results_path(args)) if ctx.is_main else None
+        outcomes = dc.run_chain(steps, registry=registry, chain_dir=chain_dir, store=store, ctx=ctx, cli=cli,
+                                set_items=args.set or (), out=args.out)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if not is_main:
+        return 0
+    path = _results_path(args)
+    if not path.is_file() and args.table_only:
+        raise SSLBenchError(f"no results store at {path}; run `ssl-bench deconstruct` without --table-only first")
+    dataset = probe.dataset.name if probe is not None else args.dataset
+    backbone = probe.backbone.name if probe is not None else args.backbone
+    table = dc.build_table(steps, ResultsStore(path), dataset=dataset, backbone=backbone, outcomes=outcomes)
+    text = dc.render_table(table, args.format)
+    print(f"\nDeconstruction chain: {dataset}, {backbone} ({path}); paper: ImageNet-1k, DiT-L (ViT-1/2L encoder)\n")
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Rebuild a run's method from RUN_DIR/config.py + checkpoint and write a sample grid PNG."""
+    from mmengine.config import Config
+
+    from ssl_bench.errors import CheckpointError, ConfigError
+    from ssl_bench.registry import get_registry
+    from ssl_bench.runner import build_method, load_dataset
+    from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from ssl_bench.train.distributed import resolve_device
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.py").is_file():
+        raise ConfigError(f"{run_dir} has no config.py: it is not an ssl-bench run directory")
+    registry = get_registry()
+    cfg = Config.fromfile(str(run_dir / "config.py"))
+    model = build_method(cfg, registry, load_dataset(cfg, registry).info)  # the dataset only gives its info
+    if not hasattr(model, "write_samples"):
+        raise ConfigError(f"method '{cfg.method.name}' cannot sample (no write_samples); only diffusion methods (ddm) can")
+    try:
+        model.load_state_dict(load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint in {run_dir} does not match its config ({exc})") from None
+    device = resolve_device(args.device)
+    model.run_dir = run_dir
+    model.to(device).eval()
+    try:
+        path = model.write_samples(args.output or run_dir / "samples.png", num=args.num, steps=args.steps, sampler=args.sampler,
+                                   cfg_scale=args.cfg_scale, seed=args.seed, device=device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssl-bench",
@@ -156,6 +234,39 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--output", help="also write the table to this file")
     _add_common(lb)
     lb.set_defaults(func=cmd_leaderboard)
+    dc = sub.add_parser("deconstruct", help="run the l-DAE deconstruction chain (Tables 1-3, Fig. 5) and compare with the paper",
+                        description="Run rows of benchmarks/deconstruct/ (each a `run` of ddm or ldae with that row's "
+                                    "config; rows whose resolved configs coincide share one run) and print our k-NN / "
+                                    "linear top-1 beside the paper's linear probe. Rows that need a supervised network "
+                                    "are listed as not run.")
+    dc.add_argument("--rows", nargs="+", default=["all"], metavar="ROW",
+                    help="groups (all, table1, table2, table3, fig5, trajectory), row names or globs, e.g. 't2_patch-pca_*'")
+    dc.add_argument("--backbone", help="backbone name (the encoder), e.g. vit-nano, vit-b, vit-l")
+    dc.add_argument("--dataset", help="dataset name, e.g. digits, cifar10, imagefolder")
+    dc.add_argument("--data-root", help="where the dataset lives or is downloaded to")
+    dc.add_argument("--epochs", type=int, help="pre-training epochs of every row")
+    dc.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key in every row")
+    dc.add_argument("--seed", type=int, help="random seed (default 0)")
+    dc.add_argument("--device", help="auto (default), cpu or cuda")
+    dc.add_argument("--chain-dir", help="the chain's config folder (default: benchmarks/deconstruct of this checkout)")
+    dc.add_argument("--table-only", action="store_true", help="train nothing: rebuild the table from the results store")
+    dc.add_argument("--format", default="md", choices=["md", "csv"])
+    dc.add_argument("--output", help="also write the table to this file")
+    dc.add_argument("--out", default="runs/deconstruct", help="run directories and results store (default: runs/deconstruct)")
+    dc.add_argument("--results", default=None, help="SQLite results file (default: OUT/results.db)")
+    dc.set_defaults(func=cmd_deconstruct)
+    sm = sub.add_parser("sample", help="write a sample grid PNG from a trained diffusion run (ddm)",
+                        description="Rebuild the method from RUN_DIR/config.py and its checkpoint, sample with DDIM or "
+                                    "respaced DDPM in the latent, decode through the tokenizer and write a PNG grid.")
+    sm.add_argument("run_dir", metavar="RUN_DIR")
+    sm.add_argument("--steps", type=int, default=None, help="sampling steps (respaced; default from the run config: 50)")
+    sm.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="ddim (eta 0, default) or ancestral ddpm")
+    sm.add_argument("--num", type=int, default=None, help="number of samples (default 16)")
+    sm.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale, class-conditional runs only (default 4.0)")
+    sm.add_argument("--seed", type=int, default=None, help="sampling seed (default 0)")
+    sm.add_argument("--output", default=None, help="PNG path (default RUN_DIR/samples.png)")
+    sm.add_argument("--device", default="auto")
+    sm.set_defaults(func=cmd_sample)
     return parser
 
 

@@ -1,0 +1,550 @@
+"""The l-DAE deconstruction chain (Chen et al. 2024, Tables 1-3, Fig. 5; METHODS.md §1.3-§1.6, §1.11).
+
+The paper's argument is a *trajectory*: start from a class-conditional DiT DDM and change one thing
+per row until a classical denoising autoencoder (l-DAE) is left, reading the linear-probe accuracy
+after every change. This module holds that trajectory as data so that it can be re-run on any
+dataset / backbone and compared with the paper row by row:
+
+* ``CHAIN_FILES``: the mmengine config files in ``benchmarks/deconstruct/``. Each inherits its
+  parent with ``_base_`` and changes only the keys listed here (the tests check that), so the chain
+  of files *is* the paper's chain of rows.
+* ``STEPS``: every row of Tables 1-3 and Fig. 5 (name, config file, the paper's accuracy, a note),
+  including the rows we cannot realise without a supervised network (``config=None`` and a
+  ``not_run`` reason). The Table-2 and Fig.-5 sweeps are generated (``table2_steps``,
+  ``fig5_steps``) with their sizes expressed relative to the dataset, because a 768-value 16x16x3
+  token only exists on 256 px images.
+* ``run_chain`` runs the selected rows (one ``run_method`` each, rows whose resolved configs
+  coincide share one run) and tags every run with its row names in the stored config;
+  ``build_table`` rebuilds our-vs-paper from the results store alone, so the table survives
+  re-evaluation and can be regenerated without re-training.
+
+The rows are all configs of one method class (``plugins/ldae/method.py``: ``DenoisingMethod``);
+``ddm`` and ``ldae`` differ only in their defaults, which the chain's root file replaces.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from ssl_bench.config import _check_keys_exist
+from ssl_bench.errors import ConfigError
+
+log = logging.getLogger("ssl_bench")
+
+#: Where ``benchmarks/deconstruct/`` lives in a source checkout (the package is installed editable
+#: from the repo); ``--chain-dir`` points elsewhere for a non-editable install.
+DEFAULT_CHAIN_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "deconstruct"
+#: The chain's root inherits the DiT DDM plugin defaults; tests diff the root against this file.
+ROOT_BASE = "../../plugins/ddm/default_config.py"
+#: Top-level config key that tags a run with the chain rows it stands for (read back by build_table).
+TAG_KEY = "deconstruct"
+
+PAPER_PATCH_DIM = 768  # 16 x 16 x 3: the token dimension D all of the paper's d values refer to
+TABLE2_DIMS: tuple[int, ...] = (8, 16, 32, 64, 128)
+TABLE2_TOKENIZERS: tuple[str, ...] = ("conv-vae", "patch-vae", "patch-ae", "patch-pca")
+#: Table 2 of the paper (METHODS.md §1.11). None = "–" (the VAE / AE rows have four values; the
+#: blank is placed at d = 128, an inference: METHODS marks the column alignment partly UNVERIFIED).
+PAPER_TABLE2: dict[str, dict[int, float | None]] = {
+    "conv-vae": {8: 54.5, 16: 63.4, 32: 62.8, 64: 57.0, 128: 48.1},
+    "patch-vae": {8: 58.3, 16: 64.9, 32: 64.8, 64: 56.8, 128: None},
+    "patch-ae": {8: 59.9, 16: 64.7, 32: 64.6, 64: 59.9, 128: None},
+    "patch-pca": {8: 56.0, 16: 63.4, 32: 65.1, 64: 60.0, 128: 53.9},
+}
+#: Fig. 5, pixel tokenizer: paper patch size -> (image px, d, accuracy). Only 23.6 % at d = 768 is
+#: stated in the text; 58.5 % is presumably the d = 48 optimum; the other labels (53.0, 44.7, 43.7)
+#: cannot be assigned to d = 12 / 192 from the text (METHODS.md §1.11: UNVERIFIED).
+PAPER_FIG5: dict[int, tuple[int, int, float | None]] = {
+    16: (256, 768, 23.6),
+    8: (128, 192, None),
+    4: (64, 48, 58.5),
+    2: (32, 12, None),
+}
+
+NEEDS_VGG = "needs a supervised VGG (the VQGAN's perceptual loss): not run; we start from the conv VAE"
+NEEDS_GAN = "needs a GAN (the VQGAN's adversarial loss): not run; we start from the conv VAE"
+
+
+# ---------------------------------------------------------------------------------------------
+# the chain as data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """One file of ``benchmarks/deconstruct/``: its ``_base_`` and the keys it changes (dotted)."""
+
+    name: str
+    base: str  # a file name in the chain dir, or ROOT_BASE (relative to the chain dir)
+    changes: tuple[str, ...]
+
+
+CHAIN_FILES: tuple[ConfigFile, ...] = (
+    ConfigFile("t1_r1_class_cond.py", ROOT_BASE, (
+        "method.tokenizer.name", "method.tokenizer.latent_ratio", "method.class_cond",
+        "method.dit.cond_hidden_ratio", "train.warmup_epochs",
+    )),
+    ConfigFile("t1_r4_conv_vae.py", "t1_r1_class_cond.py", ("method.class_cond",)),
+    ConfigFile("t1_r5_gamma2_linear.py", "t1_r4_conv_vae.py", ("method.schedule.name",)),
+    ConfigFile("t2_patch_vae.py", "t1_r5_gamma2_linear.py", ("method.tokenizer.name",)),
+    ConfigFile("t2_patch_ae.py", "t2_patch_vae.py", ("method.tokenizer.name",)),
+    ConfigFile("t2_patch_pca.py", "t2_patch_ae.py", ("method.tokenizer.name", "method.tokenizer.latent_ratio")),
+    ConfigFile("t3_r2_predict_clean.py", "t2_patch_pca.py", ("method.prediction", "method.target")),
+    ConfigFile("t3_r3_no_input_scaling.py", "t3_r2_predict_clean.py", ("method.schedule.name",)),
+    ConfigFile("t3_r4_image_input.py", "t3_r3_no_input_scaling.py", ("method.input_space",)),
+    ConfigFile("t3_r5_image_output.py", "t3_r4_image_input.py", ("method.output_space", "method.target")),
+    ConfigFile("t3_r6_ldae.py", "t3_r5_image_output.py", ("method.target",)),
+    ConfigFile("t3_side_single_noise.py", "t3_r6_ldae.py", ("method.schedule.name", "method.schedule.sigma")),
+    ConfigFile("f5_pixel.py", "t2_patch_pca.py", ("method.tokenizer.name",)),
+)
+
+#: Table-2 tokenizer -> the chain file that realises its row (d then comes from the sweep).
+TABLE2_FILES: dict[str, str] = {
+    "conv-vae": "t1_r5_gamma2_linear.py",
+    "patch-vae": "t2_patch_vae.py",
+    "patch-ae": "t2_patch_ae.py",
+    "patch-pca": "t2_patch_pca.py",
+}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes a generated row scales with: the dataset image, the backbone patch and its token grid."""
+
+    image_size: int
+    channels: int
+    patch: int  # the backbone's pixel patch (16 at 256 px)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch * self.patch * self.channels
+
+
+Overrides = Callable[[Geometry], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One row of the paper: what it changes, where its config is, what the paper measured.
+
+    ``config`` None means the row is not realisable here (``not_run`` says why). ``overrides`` are
+    config keys set on top of the file (the generated sweeps); a callable gets the dataset
+    geometry, for sizes that only exist relative to the image (Fig. 5's image sizes).
+    """
+
+    name: str
+    group: str  # table1 | table2 | table3 | fig5
+    label: str  # the paper's row label
+    change: str  # what this row changes, for the printed table
+    paper_acc: float | None  # linear-probe top-1 (%) on ImageNet-1k, ViT-1/2L encoder
+    config: str | None
+    method: str = "ddm"
+    overrides: Mapping[str, Any] | Overrides | None = None
+    note: str = ""
+    not_run: str = ""
+    uses_labels: bool = False
+    trajectory: bool = False  # on the Fig. 6 trajectory
+
+    def resolved_overrides(self, geometry: Geometry | None) -> dict[str, Any]:
+        if self.overrides is None:
+            return {}
+        if callable(self.overrides):
+            if geometry is None:
+                raise ValueError(f"row {self.name} needs the dataset geometry for its overrides")
+            return dict(self.overrides(geometry))
+        return dict(self.overrides)
+
+
+def table2_steps(dims: Iterable[int] = TABLE2_DIMS, tokenizers: Iterable[str] = TABLE2_TOKENIZERS) -> list[Step]:
+    """Table 2 as a generated sweep: tokenizer x d, d given as a fraction of the token dimension.
+
+    The paper's d counts values per token of D = 768 (a 16x16x3 patch; for the conv VAE 4 x latent
+    channels, 2x2 latent patches). ``latent_ratio = d / 768`` lets the method resolve
+    ``d = clamp(round(D * d / 768), min_latent_dim, D - 1)`` for the dataset's own D, exactly the
+    paper's d at 256 px with 16 px patches (README.md lists what it gives on small images).
+    """
+    steps = []
+    for tok in tokenizers:
+        for d in dims:
+            acc = PAPER_TABLE2.get(tok, {}).get(d)
+            notes = []
+            if tok == "conv-vae" and d == 16:
+                notes.append("same run as t1_r5 (stated in the paper)")
+            if tok == "patch-pca" and d == 32:
+                notes.append("Table 3's first row")
+            if tok in ("patch-vae", "patch-ae"):
+                notes.append("– in the paper" if acc is None else "column alignment inferred")
+            steps.append(Step(
+                name=f"t2_{tok}_d{d}", group="table2", label=f"{tok}, d = {d}",
+                change=f"tokenizer {tok}, d = {d}/{PAPER_PATCH_DIM} of D", paper_acc=acc,
+                config=TABLE2_FILES[tok], overrides={"method.tokenizer.latent_ratio": d / PAPER_PATCH_DIM},
+                note="; ".join(notes), trajectory=(tok in ("patch-vae", "patch-ae") and d == 16),
+            ))
+    return steps
+
+
+def _pixel_image_size(paper_patch: int) -> Overrides:
+    """Fig. 5 keeps the token grid and shrinks the image with the patch: ours = grid x (p / k)."""
+    shrink = 16 // paper_patch
+
+    def fn(g: Geometry) -> dict[str, Any]:
+        return {"method.image_size": g.grid * max(1, g.patch // shrink)}
+
+    return fn
+
+
+def fig5_steps() -> list[Step]:
+    """Fig. 5: pixel tokenizer at patch 16/8/4/2 of 256 px, i.e. the backbone patch / 1, 2, 4, 8."""
+    steps = []
+    for p, (px, d, acc) in PAPER_FIG5.items():
+        note = "" if p == 16 else ("presumably the d = 48 optimum (UNVERIFIED)" if p == 4 else "paper value not assignable (UNVERIFIED)")
+        steps.append(Step(
+            name=f"f5_pixel_p{p}", group="fig5", label=f"pixel tokenizer, {px} px / patch {p} (d = {d})",
+            change=f"pixel tokenizer, image and patch / {16 // p}", paper_acc=acc, config="f5_pixel.py",
+            overrides=_pixel_image_size(p), note=note,
+        ))
+    return steps
+
+
+def build_steps(dims: Iterable[int] = TABLE2_DIMS) -> list[Step]:
+    """Every row in the paper's order: Table 1, Table 2 (sweep), Table 3 (+ side study), Fig. 5."""
+    t1 = [
+        Step("t1_r1_class_cond", "table1", "DiT baseline (class-conditional, VQGAN tokenizer)",
+             "root: DiT DDM, class-conditional; conv VAE d = 16 for the VQGAN", 57.5, "t1_r1_class_cond.py",
+             note="conv VAE substitutes the VQGAN; uses labels (not SSL)", uses_labels=True, trajectory=True),
+        Step("t1_r2_no_class_cond", "table1", "+ remove class-conditioning", "- class conditioning", 62.5, None,
+             note="prose says 62.1 (typo)", not_run=NEEDS_VGG, trajectory=True),
+        Step("t1_r3_no_perceptual", "table1", "+ remove VQGAN perceptual loss", "- perceptual loss", 58.4, None,
+             not_run=NEEDS_GAN, trajectory=True),
+        Step("t1_r4_conv_vae", "table1", "+ remove VQGAN adversarial loss (conv VAE)",
+             "- class conditioning (our r1 already uses the conv VAE)", 59.0, "t1_r4_conv_vae.py", trajectory=True),
+        Step("t1_r5_gamma2_linear", "table1", "+ replace noise schedule", "schedule: linear betas -> gamma^2 linear",
+             63.4, "t1_r5_gamma2_linear.py", trajectory=True),
+    ]
+    t3 = [
+        Step("t3_r1_patch_pca", "table3", "patch-wise PCA baseline", "tokenizer patch PCA, d = 32 (= Table 2)",
+             65.1, "t2_patch_pca.py", note="same as t2_patch-pca_d32", trajectory=True),
+        Step("t3_r2_predict_clean", "table3", "+ predict clean data", "predict z0, lambda = gamma^2", 62.4,
+             "t3_r2_predict_clean.py", method="ldae", note="footnote 4: drop not seen when undone at the end", trajectory=True),
+        Step("t3_r3_no_input_scaling", "table3", "+ remove input scaling", "gamma = 1, sigma 0 -> sqrt 2, lambda = 1/(1+sigma^2)",
+             63.6, "t3_r3_no_input_scaling.py", method="ldae", trajectory=True),
+        Step("t3_r4_image_input", "table3", "+ operate on image input with inv. PCA", "input: noisy image via inverse PCA",
+             63.6, "t3_r4_image_input.py", method="ldae", trajectory=True),
+        Step("t3_r5_image_output", "table3", "+ operate on image output with inv. PCA", "output: pixels, target V^T V x0",
+             63.9, "t3_r5_image_output.py", method="ldae", trajectory=True),
+        Step("t3_r6_ldae", "table3", "+ predict original image (l-DAE)", "target: original image, weights 1 / 0.1",
+             64.5, "t3_r6_ldae.py", method="ldae", note="= ssl-bench run ldae", trajectory=True),
+        Step("t3_side_single_noise", "table3", "(side study) single noise level", "sigma = sqrt(1/3) for all samples",
+             61.5, "t3_side_single_noise.py", method="ldae"),
+    ]
+    return t1 + table2_steps(dims) + t3 + fig5_steps()
+
+
+STEPS: tuple[Step, ...] = tuple(build_steps())
+GROUPS: dict[str, Callable[[Step], bool]] = {
+    "all": lambda s: True,
+    "table1": lambda s: s.group == "table1",
+    "table2": lambda s: s.group == "table2",
+    "table3": lambda s: s.group == "table3",
+    "fig5": lambda s: s.group == "fig5",
+    "trajectory": lambda s: s.trajectory,
+}
+
+
+def select_steps(rows: Sequence[str] | None, steps: Sequence[Step] = STEPS) -> list[Step]:
+    """Rows by group (all, table1, table2, table3, fig5, trajectory), name or glob, in chain order."""
+    wanted: set[str] = set()
+    for token in rows or ["all"]:
+        if token in GROUPS:
+            wanted |= {s.name for s in steps if GROUPS[token](s)}
+            continue
+        hits = {s.name for s in steps if fnmatch.fnmatchcase(s.name, token)}
+        if not hits:
+            raise ConfigError(
+                f"--rows: '{token}' matches no row of the chain; groups are {', '.join(GROUPS)}; "
+                f"rows are {', '.join(s.name for s in steps)}"
+            )
+        wanted |= hits
+    return [s for s in steps if s.name in wanted]
+
+
+def chain_dir_or_error(chain_dir: str | Path | None) -> Path:
+    path = Path(chain_dir) if chain_dir else DEFAULT_CHAIN_DIR
+    if not (path / CHAIN_FILES[0].name).is_file():
+        raise ConfigError(
+            f"deconstruction configs not found in {path} (expected {CHAIN_FILES[0].name} ...); "
+            "pass --chain-dir PATH/TO/benchmarks/deconstruct"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# resolving and running
+# ---------------------------------------------------------------------------------------------
+
+
+def geometry_of(cfg: Any, info: Any) -> Geometry:
+    """The backbone geometry the runner will build for this config on this dataset."""
+    patch = int(cfg.backbone.get("patch_size") or info.default_patch_size)
+    return Geometry(int(info.image_size), int(info.channels), patch)
+
+
+def base_config(
+    step: Step, registry: Any, chain_dir: Path, cli: Mapping[str, Any] | None = None, set_items: Sequence[str] = (),
+) -> Any:
+    """A row's config without its sweep keys: what every row shares (dataset, backbone, device)."""
+    from ssl_bench.runner import method_config
+
+    if step.config is None:
+        raise ConfigError(f"row {step.name} is not realisable here: {step.not_run}")
+    return method_config(step.method, registry, user_config=chain_dir / step.config, cli=dict(cli or {}), set_items=set_items)
+
+
+def step_config(
+    step: Step, registry: Any, chain_dir: Path, cli: Mapping[str, Any] | None = None,
+    set_items: Sequence[str] = (), info: Any = None,
+) -> Any:
+    """Resolved config of a row: method defaults < row file < flags < --set < the row's sweep keys.
+
+    The sweep keys come last because they are the row's identity (a global ``--set`` of
+    ``method.tokenizer.latent_ratio`` would otherwise turn the d sweep into five copies of one run).
+    ``info`` (the dataset's DatasetInfo) is needed by rows whose sweep scales with the image (Fig. 5).
+    """
+    cfg = base_config(step, registry, chain_dir, cli, set_items)
+    extra = step.resolved_overrides(None if info is None else geometry_of(cfg, info))
+    if extra:
+        _check_keys_exist(cfg, extra, f"row {step.name}")
+        cfg.merge_from_dict(extra)
+    return cfg
+
+
+def _resolved_tokenizer(cfg: Any, info: Any, registry: Any) -> dict[str, Any] | None:
+    """Tokenizer sizes as the method will resolve them (d from latent_ratio, conv-VAE channels).
+
+    Builds only the tokenizer (through the method class's own ``build_tokenizer``, so there is one
+    rule for d), not the DiT: cheap even for ViT-L rows. None when that is not possible.
+    """
+    try:
+        cls = registry.get("method", cfg.method.name)
+        geom = geometry_of(cfg, info)
+        image_size = int(cfg.method.get("image_size") or info.image_size)
+        shim = SimpleNamespace(patch_size=image_size // geom.grid, channels=info.channels, image_size=image_size)
+        tok = cls.build_tokenizer(shim, cfg.method.tokenizer)
+    except Exception:  # not a DenoisingMethod, or a config the run itself will reject with a clear error
+        return None
+    return {"latent_dim": int(tok.latent_dim), "latent_channels": getattr(tok, "latent_channels", None), "patch": getattr(tok, "patch_size", None)}
+
+
+def dedupe_key(cfg: Any, info: Any, registry: Any) -> str:
+    """Identity of a run: the resolved config with d-related knobs replaced by the resolved sizes.
+
+    On small images several paper d values resolve to the same d (and Fig. 5's image sizes to the
+    same size); those rows, and the paper's own "same run" rows (Table 1 r5 = conv VAE d16, Table 3
+    r1 = patch PCA d32), are trained once and share the result.
+    """
+    data = json.loads(json.dumps(cfg.to_dict(), default=str))
+    data.pop("out", None)
+    data.pop(TAG_KEY, None)
+    tok = _resolved_tokenizer(cfg, info, registry)
+    if tok is not None:
+        for k in ("latent_dim", "latent_ratio", "min_latent_dim", "latent_channels"):
+            data["method"]["tokenizer"].pop(k, None)
+        data["method"]["tokenizer"]["resolved"] = tok
+        data["method"]["image_size"] = int(cfg.method.get("image_size") or info.image_size)
+    return json.dumps(data, sort_keys=True)
+
+
+@dataclass
+class StepRun:
+    """What happened to one row in this invocation."""
+
+    step: Step
+    status: str  # finished | failed | not run | shared
+    run_dir: Path | None = None
+    error: str = ""
+    shared_with: list[str] = field(default_factory=list)
+
+
+def run_chain(
+    steps: Sequence[Step], *, registry: Any, chain_dir: Path, store: Any, ctx: Any,
+    cli: Mapping[str, Any] | None = None, set_items: Sequence[str] = (), out: str | Path = "runs/deconstruct",
+    dataset: Any = None, keep_going: bool = True,
+) -> list[StepRun]:
+    """Train and evaluate every realisable row (one ``run_method`` per distinct resolved config).
+
+    Each run's config gets ``deconstruct = dict(rows=[...], chain_dir=...)`` so that
+    ``build_table`` finds it in the store later; its run dir is ``OUT/<first row>/...``. A failing
+    row is reported and the chain goes on (``keep_going``): one broken tokenizer should not cost the
+    other rows of a multi-hour run.
+    """
+    from ssl_bench.runner import load_dataset, run_method
+
+    runnable = [s for s in steps if s.config is not None]
+    results: dict[str, StepRun] = {s.name: StepRun(s, "not run", error=s.not_run) for s in steps if s.config is None}
+    if not runnable:
+        return [results[s.name] for s in steps]
+    if dataset is None:  # the rows share the dataset keys: any row's config loads it
+        dataset = load_dataset(base_config(runnable[0], registry, chain_dir, cli, set_items), registry)
+    info = dataset.info
+
+    groups: dict[str, list[tuple[Step, Any]]] = {}
+    for s in runnable:
+        cfg = step_config(s, registry, chain_dir, cli, set_items, info=info)
+        groups.setdefault(dedupe_key(cfg, info, registry), []).append((s, cfg))
+
+    for members in groups.values():
+        first, cfg = members[0]
+        names = [s.name for s, _ in members]
+        cfg[TAG_KEY] = dict(rows=names, chain_dir=str(chain_dir))
+        cfg.out = str(Path(out) / first.name)
+        if getattr(ctx, "is_main", True):
+            extra = f" (also {', '.join(names[1:])})" if len(names) > 1 else ""
+            log.info("== deconstruct %s%s: %s, %s ==", first.name, extra, first.config, first.change)
+        try:
+            outcome = run_method(first.method, cfg, store, ctx, dataset=dataset, registry=registry)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            if not keep_going:
+                raise
+            msg = f"{type(exc).__name__}: {exc}"
+            log.error("row %s failed: %s\n%s", first.name, msg, traceback.format_exc())
+            for s, _ in members:
+                results[s.name] = StepRun(s, "failed", error=msg, shared_with=[n for n in names if n != s.name])
+            continue
+        for s, _ in members:
+            results[s.name] = StepRun(s, "finished" if s is first else "shared", outcome.run_dir,
+                                      shared_with=[n for n in names if n != s.name])
+    return [results[s.name] for s in steps]
+
+
+# ---------------------------------------------------------------------------------------------
+# the table, from the results store
+# ---------------------------------------------------------------------------------------------
+
+ROW_COL, CHANGE_COL, D_COL = "row", "what changed", "d"
+KNN_COL, LINEAR_COL, PAPER_COL, NOTES_COL = "k-NN top-1", "linear top-1", "paper linear", "notes"
+TABLE_COLUMNS = (ROW_COL, CHANGE_COL, D_COL, KNN_COL, LINEAR_COL, PAPER_COL, NOTES_COL)
+
+
+def _tagged_runs(store: Any, dataset: str | None, backbone: str | None) -> dict[str, dict[str, Any]]:
+    """Row name -> its latest finished tagged run (as a runs-frame record) for dataset/backbone."""
+    runs = store.runs_frame()
+    if runs.empty:
+        return {}
+    runs = runs[runs["status"] == "finished"]
+    if dataset is not None:
+        runs = runs[runs["dataset"] == dataset]
+    if backbone is not None:
+        runs = runs[runs["backbone"] == backbone]
+    latest: dict[str, dict[str, Any]] = {}
+    for rec in runs.sort_values("id").to_dict("records"):
+        try:
+            tag = (json.loads(rec["config_json"] or "{}") or {}).get(TAG_KEY) or {}
+        except (TypeError, ValueError):
+            continue
+        for name in tag.get("rows") or []:
+            latest[name] = {**rec, "rows": list(tag["rows"])}  # ordered by id: the latest wins
+    return latest
+
+
+def _metrics_of(store: Any, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """run id -> {metric name: value, "latent_dim": resolved d from the probe protocol}."""
+    frame = store.metrics_frame()
+    out: dict[int, dict[str, Any]] = {}
+    ids = set(int(i) for i in run_ids)
+    if frame.empty or not ids:
+        return out
+    for m in frame[frame["run_id"].isin(list(ids))].to_dict("records"):
+        entry = out.setdefault(int(m["run_id"]), {})
+        entry[m["name"]] = None if pd.isna(m["value"]) else float(m["value"])
+        features = (json.loads(m["protocol_json"] or "{}") or {}).get("features")
+        if isinstance(features, dict) and features.get("latent_dim") is not None:
+            entry["latent_dim"] = int(features["latent_dim"])
+    return out
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else round(100.0 * v, 1)
+
+
+def build_table(
+    steps: Sequence[Step], store: Any, dataset: str | None = None, backbone: str | None = None,
+    outcomes: Sequence[StepRun] = (),
+) -> pd.DataFrame:
+    """Our k-NN / linear top-1 next to the paper's linear probe, one line per row, from the store.
+
+    ``outcomes`` only adds this invocation's failures to the notes; every number comes from the
+    store (rows tagged in their run config), so the same table is rebuilt by ``--table-only``.
+    """
+    tagged = _tagged_runs(store, dataset, backbone)
+    metrics = _metrics_of(store, (r["id"] for r in tagged.values()))
+    failed = {o.step.name: o.error for o in outcomes if o.status == "failed"}
+    rows = []
+    for s in steps:
+        notes = [s.note] if s.note else []
+        rec = tagged.get(s.name)
+        m = metrics.get(int(rec["id"]), {}) if rec else {}
+        if s.config is None:
+            notes.insert(0, s.not_run)
+        elif s.name in failed:
+            notes.insert(0, f"failed: {failed[s.name]}")
+        elif rec is None:
+            notes.insert(0, "no run in the store")
+        if rec is not None:
+            owner, n_rows = rec["rows"][0], len(rec["rows"])
+            if owner != s.name:
+                notes.append(f"run of {owner} (same resolved config)")
+            elif n_rows > 1:
+                notes.append(f"one run for {n_rows} rows (same resolved config)")
+            if bool(rec.get("uses_labels")) and not s.uses_labels:
+                notes.append("uses labels")
+        knn = m.get("knn_top1_k20", m.get("knn_top1"))
+        rows.append({
+            ROW_COL: s.name,
+            CHANGE_COL: s.change,
+            D_COL: m.get("latent_dim"),
+            KNN_COL: _pct(knn),
+            LINEAR_COL: _pct(m.get("linear_top1")),
+            PAPER_COL: s.paper_acc,
+            NOTES_COL: "; ".join(n for n in notes if n),
+        })
+    df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    df[D_COL] = df[D_COL].astype("Int64")
+    for col in (KNN_COL, LINEAR_COL, PAPER_COL):
+        df[col] = df[col].astype("float64")
+    return df
+
+
+def render_table(df: pd.DataFrame, fmt: str = "md") -> str:
+    """Markdown (one decimal, blanks for missing) or CSV (numeric, for analysis)."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt != "md":
+        raise ValueError(f"unknown format {fmt!r}; choose md or csv")
+    shown = pd.DataFrame({
+        c: ["" if pd.isna(v) else (f"{v:.1f}" if isinstance(v, float) else str(v)) for v in df[c].tolist()]
+        for c in df.columns
+    }, columns=list(df.columns), dtype=object)
+    align = ["right" if c in (D_COL, KNN_COL, LINEAR_COL, PAPER_COL) else "left" for c in df.columns]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+__all__ = [
+    "CHAIN_FILES", "DEFAULT_CHAIN_DIR", "GROUPS", "PAPER_FIG5", "PAPER_TABLE2", "STEPS", "TABLE2_DIMS",
+    "ConfigFile", "Geometry", "Step", "StepRun", "build_steps", "build_table", "chain_dir_or_error",
+    "dedupe_key", "fig5_steps", "geometry_of", "render_table", "run_chain", "select_steps", "step_config",
+    "table2_steps",
+]

@@ -1,0 +1,181 @@
+"""The l-DAE deconstruction chain: config inheritance, the generated sweeps, the paper's numbers,
+and the whole chain end to end at a tiny scale through `ssl-bench deconstruct`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mmengine.config import Config
+
+from ssl_bench import deconstruct as dc
+from ssl_bench.data.base import DatasetInfo
+from ssl_bench.errors import ConfigError
+from ssl_bench.results.store import ResultsStore
+from ssl_bench.runner import build_method, method_config
+
+CHAIN = dc.DEFAULT_CHAIN_DIR
+TINY_BACKBONE = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2"]
+DIGITS = DatasetInfo("digits", 10, 1, 8, (0.3,), (0.3,), default_patch_size=2)
+CIFAR = DatasetInfo("cifar10", 10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), default_patch_size=4)
+IMAGENET = DatasetInfo("imagenet", 1000, 3, 256, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), default_patch_size=16)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in dict(d).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _load(name: str) -> dict[str, Any]:
+    return _flat(Config.fromfile(str((CHAIN / name).resolve())).to_dict())
+
+
+# -- the chain of files ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", dc.CHAIN_FILES, ids=lambda e: e.name)
+def test_each_file_changes_only_its_documented_keys(entry: dc.ConfigFile):
+    text = (CHAIN / entry.name).read_text()
+    base = entry.base if entry.base == dc.ROOT_BASE else f"./{entry.base}"
+    assert f'_base_ = ["{base}"]' in text  # inherits its parent row, nothing else
+    child, parent = _load(entry.name), _load(entry.base)
+    assert set(child) >= set(parent)
+    changed = {k for k in child if k not in parent or child[k] != parent[k]}
+    assert changed == set(entry.changes)
+
+
+def test_chain_files_and_steps_agree():
+    files = {f.name for f in dc.CHAIN_FILES}
+    assert files == {p.name for p in CHAIN.glob("*.py")}
+    used = {s.config for s in dc.STEPS if s.config is not None}
+    assert used == files
+    names = [s.name for s in dc.STEPS]
+    assert len(names) == len(set(names))
+    # Table 2 is a generated list: 4 tokenizers x 5 d; Fig. 5: 4 pixel-tokenizer sizes
+    assert len([s for s in dc.STEPS if s.group == "table2"]) == 20
+    assert len([s for s in dc.STEPS if s.group == "fig5"]) == 4
+
+
+def test_paper_numbers_follow_the_fig6_trajectory():
+    traj = [s.paper_acc for s in dc.STEPS if s.trajectory]
+    assert traj == [57.5, 62.5, 58.4, 59.0, 63.4, 64.9, 64.7, 65.1, 62.4, 63.6, 63.6, 63.9, 64.5]
+    by_name = {s.name: s for s in dc.STEPS}
+    assert by_name["t3_side_single_noise"].paper_acc == 61.5
+    assert by_name["f5_pixel_p16"].paper_acc == 23.6
+    assert [by_name[f"t2_patch-pca_d{d}"].paper_acc for d in dc.TABLE2_DIMS] == [56.0, 63.4, 65.1, 60.0, 53.9]
+    assert [by_name[f"t2_conv-vae_d{d}"].paper_acc for d in dc.TABLE2_DIMS] == [54.5, 63.4, 62.8, 57.0, 48.1]
+    not_run = [s for s in dc.STEPS if s.config is None]
+    assert [s.name for s in not_run] == ["t1_r2_no_class_cond", "t1_r3_no_perceptual"]
+    assert "supervised VGG" in not_run[0].not_run and "GAN" in not_run[1].not_run
+
+
+def test_select_steps_groups_names_globs():
+    assert [s.name for s in dc.select_steps(["table1"])][:2] == ["t1_r1_class_cond", "t1_r2_no_class_cond"]
+    assert len(dc.select_steps(["all"])) == len(dc.STEPS) == len(dc.select_steps(None))
+    pca = dc.select_steps(["t2_patch-pca_*", "t3_r6_ldae"])
+    assert [s.name for s in pca] == [f"t2_patch-pca_d{d}" for d in dc.TABLE2_DIMS] + ["t3_r6_ldae"]
+    with pytest.raises(ConfigError, match="matches no row"):
+        dc.select_steps(["t9_nothing"])
+
+
+# -- resolved configs -----------------------------------------------------------------------------
+
+
+def test_final_row_is_ldae_and_root_is_ddm_plus_its_changes(registry):
+    """The chain ends at `ssl-bench run ldae`: every key of the ldae config has the ldae value; the
+    only extra keys are DDM-only ones (inherited from the ddm root, unused by the ldae class)."""
+    row = _flat(dc.step_config(dc.select_steps(["t3_r6_ldae"])[0], registry, CHAIN).to_dict())
+    ldae = _flat(method_config("ldae", registry).to_dict())
+    ddm = _flat(method_config("ddm", registry).to_dict())
+    assert {k: row[k] for k in ldae} == ldae
+    assert all(k in ddm and k not in ldae for k in set(row) - set(ldae))
+    root = dc.step_config(dc.STEPS[0], registry, CHAIN)
+    assert root.method.name == "ddm" and root.method.class_cond is True and root.method.tokenizer.name == "conv-vae"
+
+
+def test_sweeps_give_the_paper_sizes_at_256px_and_collapse_on_small_images(registry):
+    def dims(info: DatasetInfo, pattern: str) -> list[tuple[int, int | None]]:
+        out = []
+        for s in dc.select_steps([pattern]):
+            cfg = dc.step_config(s, registry, CHAIN, info=info)
+            tok = dc._resolved_tokenizer(cfg, info, registry)
+            out.append((tok["latent_dim"], cfg.method.image_size))
+        return out
+
+    for tok in dc.TABLE2_TOKENIZERS:
+        assert [d for d, _ in dims(IMAGENET, f"t2_{tok}_*")] == list(dc.TABLE2_DIMS)
+    assert dims(IMAGENET, "f5_*") == [(768, 256), (192, 128), (48, 64), (12, 32)]
+    assert [d for d, _ in dims(CIFAR, "t2_patch-pca_*")] == [2, 2, 2, 4, 8]
+    assert dims(DIGITS, "f5_*") == [(4, 8), (1, 4), (1, 4), (1, 4)]
+
+
+@pytest.mark.parametrize("info", [DIGITS, CIFAR], ids=["digits", "cifar"])
+def test_every_row_of_the_full_sweep_builds(registry, info: DatasetInfo):
+    """Every realisable row (all 20 Table-2 cells included) resolves and builds its model."""
+    keys = set()
+    for s in dc.STEPS:
+        if s.config is None:
+            continue
+        cfg = dc.step_config(s, registry, CHAIN, cli={"backbone.name": "vit-nano"}, set_items=TINY_BACKBONE, info=info)
+        model = build_method(cfg, registry, info)
+        assert model.uses_labels is s.uses_labels
+        keys.add(dc.dedupe_key(cfg, info, registry))
+    # the paper's own "same run" pairs always coincide, so fewer runs than realisable rows
+    assert len(keys) < len([s for s in dc.STEPS if s.config is not None])
+
+
+# -- end to end -----------------------------------------------------------------------------------
+
+
+def test_whole_chain_end_to_end(tmp_path: Path, capsys):
+    from ssl_bench.cli import main
+
+    out = tmp_path / "dc"
+    args = [
+        "deconstruct", "--rows", "all", "--dataset", "digits", "--backbone", "vit-nano", "--epochs", "1", "--out", str(out),
+        "--set", *TINY_BACKBONE, "dataset.limit_train=128", "dataset.limit_test=64", "train.batch_size=64",
+        "train.warmup_epochs=0", "eval.linear.epochs=2", "eval.linear.warmup_epochs=1",
+        "method.tokenizer.steps=20", "method.figures=True",
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    table = text[text.index("| row"):]
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    assert set(lines) == {s.name for s in dc.STEPS}
+    for s in dc.STEPS:
+        cells = [c.strip() for c in lines[s.name].split("|")[1:-1]]
+        assert cells[5] == ("" if s.paper_acc is None else f"{s.paper_acc:.1f}")  # the paper's number
+        if s.config is None:
+            assert "not run" in cells[6] and cells[4] == ""
+        else:
+            assert re.fullmatch(r"\d+\.\d", cells[3]) and re.fullmatch(r"\d+\.\d", cells[4]), lines[s.name]
+    for paper in ("57.5", "62.5", "58.4", "59.0", "63.4", "65.1", "62.4", "63.6", "63.9", "64.5", "61.5", "23.6"):
+        assert f" {paper} |" in table
+
+    # the l-DAE row wrote the paper's figures into its run dir
+    run = out / "t3_r6_ldae" / "digits" / "vit-nano" / "ldae-s0"
+    for fig in ("fig4_pca_bases.png", "fig7_noise_latent_vs_pixel.png", "fig8_denoising.png"):
+        assert (run / fig).stat().st_size > 0, fig
+
+    # runs are tagged with their rows; class conditioning is recorded as using labels
+    store = ResultsStore(out / "results.db")
+    runs = store.runs_frame()
+    assert set(runs["status"]) == {"finished"}
+    tags = {json.loads(c)["deconstruct"]["rows"][0]: bool(u) for c, u in zip(runs["config_json"], runs["uses_labels"])}
+    assert tags["t1_r1_class_cond"] is True and tags["t3_r6_ldae"] is False
+    assert len(runs) < len([s for s in dc.STEPS if s.config is not None])  # shared runs trained once
+    store.close()
+
+    # the table is rebuilt from the store alone
+    assert main(["deconstruct", "--table-only", "--dataset", "digits", "--backbone", "vit-nano", "--out", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert again[again.index("| row"):] == table
