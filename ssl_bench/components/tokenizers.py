@@ -19,7 +19,7 @@ grid (e.g. 16 -> 4), so d = p*p*C (768/192/48/12 at 256 tokens); see ``plugins/l
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,31 @@ def sample_rows(x: Tensor, num: int, generator: torch.Generator | None) -> Tenso
     perm = torch.randperm(x.shape[0], generator=generator, device=gen_device).to(x.device)
     return x[perm[:num]]
 
+
+
+def fit_with_adam(
+    module: nn.Module, data: Tensor, loss_fn: Callable[[Tensor], Tensor], steps: int, batch_size: int,
+    lr: float, generator: torch.Generator | None,
+) -> list[float]:
+    """Fit a tokenizer before the DDM trains: Adam on random minibatches of `data` [N, ...].
+
+    The module is frozen again afterwards so the main optimiser never touches a fitted tokenizer.
+    Returns the loss per step.
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    module.requires_grad_(True)
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    history: list[float] = []
+    with torch.enable_grad():
+        for _ in range(steps):
+            idx = torch.randint(0, data.shape[0], (min(batch_size, data.shape[0]),), generator=generator, device=gen_device)
+            loss = loss_fn(data[idx.to(data.device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            history.append(float(loss.detach()))
+    module.requires_grad_(False)
+    return history
 
 class _PatchTokenizer(Tokenizer):
     """Shared plumbing of the patch-wise tokenizers: patch layout, mean centring, frozen state."""
@@ -221,23 +246,12 @@ class PatchAETokenizer(_PatchTokenizer):
         with torch.no_grad():
             self.mean.copy_(x.mean(dim=0) if self.center else torch.zeros_like(self.mean))
         xc = x - self.mean
-        params = [p for p in self.parameters()]
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=self.lr)
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        self.loss_history = []
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                idx = torch.randint(0, xc.shape[0], (min(self.batch_size, xc.shape[0]),), generator=generator, device=gen_device)
-                batch = xc[idx.to(xc.device)]  # [B, D]
-                z, extra = self._latent(batch)
-                loss = F.mse_loss(self.decoder(z), batch) + extra
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                self.loss_history.append(float(loss.detach()))
-        self.requires_grad_(False)
+
+        def loss_fn(batch: Tensor) -> Tensor:  # batch [B, D]
+            z, extra = self._latent(batch)
+            return F.mse_loss(self.decoder(z), batch) + extra
+
+        self.loss_history = fit_with_adam(self, xc, loss_fn, self.steps, self.batch_size, self.lr, generator)
         self.fitted.fill_(True)
 
     def encode_patches(self, patches: Tensor) -> Tensor:
@@ -355,24 +369,16 @@ class ConvVAETokenizer(Tokenizer):
 
     def fit(self, images: Tensor, generator: torch.Generator | None = None) -> None:
         x = images.to(torch.float32)
-        self.requires_grad_(True)
-        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
         gen_device = generator.device if generator is not None else torch.device("cpu")
-        self.loss_history = []
-        with torch.enable_grad():
-            for _ in range(self.steps):
-                idx = torch.randint(0, x.shape[0], (min(self.batch_size, x.shape[0]),), generator=generator, device=gen_device)
-                batch = x[idx.to(x.device)]
-                mu, logvar = self.posterior(batch)
-                eps = torch.randn(mu.shape, generator=generator, device=gen_device).to(mu)
-                z = mu + torch.exp(0.5 * logvar) * eps
-                kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
-                loss = F.mse_loss(self.decoder(z), batch) + self.kl_weight * kl
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                self.loss_history.append(float(loss.detach()))
-        self.requires_grad_(False)
+
+        def loss_fn(batch: Tensor) -> Tensor:  # batch [B, C, H, W]
+            mu, logvar = self.posterior(batch)
+            eps = torch.randn(mu.shape, generator=generator, device=gen_device).to(mu)
+            z = mu + torch.exp(0.5 * logvar) * eps  # reparameterised sample
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+            return F.mse_loss(self.decoder(z), batch) + self.kl_weight * kl
+
+        self.loss_history = fit_with_adam(self, x, loss_fn, self.steps, self.batch_size, self.lr, generator)
         self.fitted.fill_(True)
 
     def encode(self, images: Tensor) -> Tensor:
