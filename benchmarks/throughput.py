@@ -25,7 +25,7 @@ from common import save_result  # noqa: E402
 
 def measure(method: str, backbone: str, image_size: int, channels: int, batch: int, steps: int, device: str) -> dict:
     """Runs inside the child process: build the method on random data and time optimiser steps."""
-    from ssl_bench.data.base import DatasetInfo
+    from ssl_bench.data.base import DatasetInfo, TensorSplit
     from ssl_bench.registry import get_registry
     from ssl_bench.runner import build_method, method_config
     from ssl_bench.train.loop import _autocast, build_optimizer, make_generator, peak_memory_mb
@@ -40,6 +40,7 @@ def measure(method: str, backbone: str, image_size: int, channels: int, batch: i
     gen = make_generator(dev, 0, 0)
     images = torch.randint(0, 256, (batch, channels, image_size, image_size), dtype=torch.uint8, device=dev)
     labels = torch.randint(0, 10, (batch,), device=dev)
+    model.prepare(TensorSplit(images.cpu(), labels.cpu()), gen)  # e.g. fit PCA bases, as the runner does
 
     def step() -> None:
         with _autocast(dev, cfg.train.amp):
