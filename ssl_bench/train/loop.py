@@ -80,7 +80,11 @@ def train(
     local_batch = global_batch // ctx.world_size
     steps_per_epoch = n_train // global_batch
     total_steps = steps_per_epoch * tcfg.epochs
-    warmup_steps = min(steps_per_epoch * tcfg.warmup_epochs, max(total_steps - 1, 0))
+    warmup_steps = steps_per_epoch * tcfg.warmup_epochs
+    if warmup_steps >= total_steps:  # e.g. --epochs 1 with 1 warm-up epoch: keep a cosine half to decay
+        warmup_steps = total_steps // 2
+        if ctx.is_main:
+            log.info("warm-up (%d epochs) >= the whole run: warming up for %d of %d steps instead", tcfg.warmup_epochs, warmup_steps, total_steps)
 
     method.to(device)
     optimizer, lr = build_optimizer(method, tcfg, global_batch)
