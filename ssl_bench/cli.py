@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "add the pixels and random-init baselines, and print the leaderboard.")
     run.add_argument("methods", nargs="+", metavar="METHOD", help="registered method names (see `ssl-bench list`)")
     run.add_argument("--backbone", help="backbone name, e.g. vit-nano, vit-tiny, vit-s, vit-b, vit-l (default from config: vit-tiny)")
-    run.add_argument("--dataset", help="dataset name: digits (offline default), fashion-mnist, cifar10, cifar100, stl10, imagefolder")
+    run.add_argument("--dataset", help="dataset name: digits (offline default), fashion-mnist, cifar10, cifar100, stl10, imagefolder, imagenet-1k")
     run.add_argument("--data-root", help="where the dataset lives or is downloaded to")
     run.add_argument("--epochs", type=int, help="pre-training epochs")
     run.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")

@@ -90,7 +90,8 @@ def test_balanced_subset_small_limit_covers_classes() -> None:
 
 
 def test_builtin_registry_names() -> None:
-    assert set(BUILTIN_DATASETS) == {"digits", "fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder"}
+    assert set(BUILTIN_DATASETS) == {"digits", "fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder",
+                                     "imagenet-1k"}
     assert ds.load_dataset("digits", limit_train=10).info.name == "digits"
     with pytest.raises(KeyError, match="unknown dataset"):
         ds.load_dataset("nope")
@@ -367,6 +368,18 @@ def test_imagefolder_limit_and_workers(tmp_path: Path) -> None:
     assert len(data.train) == 2 and sorted(data.train.labels.tolist()) == [0, 1]
     (x, y), = list(data.train.batches(2, shuffle=False, generator=None, drop_last=False))
     assert x.shape == (2, 3, 8, 8) and y.tolist() == data.train.labels.tolist()
+
+
+def test_imagenet1k_insists_on_1000_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _make_imagefolder(tmp_path)
+    with pytest.raises(ValueError, match=r"2 class folders, ImageNet-1k has 1000.*--dataset imagefolder"):
+        ds.load_imagenet1k(str(tmp_path), image_size=8, num_workers=0)
+    with pytest.raises(DatasetNotFoundError, match="imagenet-1k needs --data-root"):
+        ds.load_imagenet1k(None)
+    monkeypatch.setattr(ds, "IMAGENET1K_CLASSES", 2)  # stand-in for a 1000-folder tree
+    data = ds.load_imagenet1k(str(tmp_path), image_size=8, num_workers=0, limit_train=4)
+    assert data.info.name == "imagenet-1k" and data.info.num_classes == 2
+    assert len(data.train) == 4 and data.info.mean == ds.IMAGENET_MEAN
 
 
 def test_imagefolder_missing_val(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 # Paper linear probe (its own protocol): 76.7 %.
 #   torchrun --nproc_per_node 8 -m ssl_bench.cli run mocov3 --config benchmarks/table4/mocov3_vit_b.py \
 #       --data-root /path/to/imagenet
-dataset = dict(name="imagefolder", data_root=None, image_size=224, num_workers=10)  # --data-root sets data_root
+dataset = dict(name="imagenet-1k", data_root=None, image_size=224, num_workers=10)  # --data-root sets data_root
 backbone = dict(name="vit-b", patch_size=16)
 
 method = dict(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -416,6 +417,47 @@ def load_imagefolder(
     return _finish(info, train, test, limit_train, limit_test, seed)
 
 
+IMAGENET1K_CLASSES = 1000
+
+
+def load_imagenet1k(
+    data_root: str | None = None,
+    *,
+    image_size: int = 224,
+    num_workers: int = 2,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+) -> ImageDataset:
+    """ImageNet-1k in the ImageNet folder layout, recorded as ``imagenet-1k``.
+
+    The same loader as ``imagefolder``, but the runs it produces are named after
+    the paper's dataset, so ``ssl-bench leaderboard --layout table4`` compares
+    them with Table 4 without a "settings differ" note. It insists on exactly
+    1000 class folders so a subset (ImageNet-100, a debug slice) cannot pass for
+    the real thing: use ``imagefolder`` for those.
+    """
+    if not data_root:
+        raise DatasetNotFoundError(
+            "imagenet-1k needs --data-root pointing at ImageNet with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
+        )
+    data = load_imagefolder(
+        data_root,
+        image_size=image_size,
+        num_workers=num_workers,
+        limit_train=limit_train,
+        limit_test=limit_test,
+        seed=seed,
+    )
+    found = data.info.num_classes
+    if found != IMAGENET1K_CLASSES:
+        raise ValueError(
+            f"imagenet-1k: {data_root} has {found} class folders, ImageNet-1k has {IMAGENET1K_CLASSES}; "
+            "for another folder dataset use --dataset imagefolder"
+        )
+    return replace(data, info=replace(data.info, name="imagenet-1k"))
+
+
 BUILTIN_DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "digits": load_digits,
     "fashion-mnist": load_fashion_mnist,
@@ -423,6 +465,7 @@ BUILTIN_DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "cifar100": load_cifar100,
     "stl10": load_stl10,
     "imagefolder": load_imagefolder,
+    "imagenet-1k": load_imagenet1k,
 }
 
 
