@@ -186,13 +186,17 @@ def test_leaderboard_latest_finished_and_baselines_first(store: ResultsStore) ->
     _finished(store, "random-init", linear=0.20, knn=0.10, is_baseline=True)
     _finished(store, "pixels", linear=0.30, knn=0.25, is_baseline=True)
     dit = _finished(store, "dit", linear=0.50, uses_labels=True)
-    store.add_metrics(dit, "nll", {"nll_bpd": 3.4567}, {})
+    store.add_metrics(dit, "nll", {"nll_bpd": 3.4567}, {"space": "pixel"})
 
     df = build_leaderboard(store)
     assert df["method"].tolist() == ["pixels", "random-init", "mocov3", "ldae", "mae", "dit"]
     mae = df[df["method"] == "mae"].iloc[0]
     assert mae[LINEAR_COL] == 55.5 and mae[KNN_COL] == 44.4 and mae["seed"] == 7
     assert "NLL (bits/dim)" in df.columns
+    nll_at = list(df.columns).index("NLL (bits/dim)")
+    assert df.columns[nll_at + 1] == "NLL space"  # latent and pixel bits/dim are different scales
+    space = df.set_index("method")["NLL space"]
+    assert space["dit"] == "pixel" and space.drop("dit").isna().all()
     labels = df.set_index("method")["labels"]
     assert labels["dit"] and not labels["mae"]
     assert list(df.columns[:6]) == ["method", "backbone", "dataset", "epochs", KNN_COL, LINEAR_COL]

@@ -41,6 +41,10 @@ HEADLINE_METRICS: dict[str, str] = {
     "linear_top5": "linear top-5",
     "nll_bpd": "NLL (bits/dim)",
 }
+#: Metric -> (column, protocol key): a column beside the metric that says what it is measured on,
+#: e.g. NLL in "pixel" bits/dim (comparable with the diffusion literature) or per "latent" dim of a
+#: tokenizer (comparable only within that tokenizer), so the two are never read as one scale.
+QUALIFIER_COLUMNS: dict[str, tuple[str, str]] = {"nll_bpd": ("NLL space", "space")}
 #: Shown even when no run has them, so the core comparison is always visible.
 ALWAYS_SHOWN: tuple[str, ...] = ("knn_top1", "linear_top1")
 KNN_K = 20
@@ -214,6 +218,9 @@ def build_leaderboard(
         }
         for name in shown:
             row[HEADLINE_METRICS[name]] = _metric_value(e, name)
+            if name in QUALIFIER_COLUMNS:
+                col, key = QUALIFIER_COLUMNS[name]
+                row[col] = e.protocols.get(name, {}).get(key) if _metric_value(e, name) is not None else None
         row.update(
             {
                 "seed": e.seed,
@@ -227,12 +234,16 @@ def build_leaderboard(
         )
         rows.append(row)
     columns = ["method", "backbone", "dataset", "epochs"]
-    columns += [HEADLINE_METRICS[n] for n in shown]
+    metric_cols = [HEADLINE_METRICS[n] for n in shown]
+    for n in shown:
+        columns.append(HEADLINE_METRICS[n])
+        if n in QUALIFIER_COLUMNS:
+            columns.append(QUALIFIER_COLUMNS[n][0])
     columns += ["seed", WALL_COL, THROUGHPUT_COL, LABELS_COL, "run_id"]
     df = pd.DataFrame(rows, columns=columns)
     for col in ("epochs", "seed", "run_id"):
         df[col] = df[col].astype("Int64")
-    for col in columns[4 : 4 + len(shown)] + [WALL_COL, THROUGHPUT_COL]:
+    for col in metric_cols + [WALL_COL, THROUGHPUT_COL]:
         df[col] = df[col].astype("float64")
     df[LABELS_COL] = df[LABELS_COL].astype(bool)
     return df
