@@ -25,7 +25,9 @@ def test_two_process_ddp_run(tmp_path):
         "--master_port", str(_free_port()), "-m", "ssl_bench.cli",
         "run", "mae", "--backbone", "vit-nano", "--epochs", "2", "--device", "cpu", "--out", str(tmp_path / "runs"),
         "--set", "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "dataset.limit_train=256",
-        "dataset.limit_test=128", "train.batch_size=64", "eval.linear.epochs=3", "eval.linear.warmup_epochs=1",
+        "dataset.limit_test=128", "train.batch_size=64",
+        "train.accum_iter=2",  # 2 ranks x 2 micro-batches of 16: exercises DDP's no_sync on the first
+        "eval.linear.epochs=3", "eval.linear.warmup_epochs=1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -33,6 +35,6 @@ def test_two_process_ddp_run(tmp_path):
     assert "| mae" in proc.stdout
     run_dir = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0"
     state = torch.load(run_dir / CHECKPOINT_NAME, weights_only=True)
-    assert state["epoch"] == 2 and state["step"] == 2 * (256 // 64)  # global batch split over 2 ranks
+    assert state["epoch"] == 2 and state["step"] == 2 * (256 // 64)  # optimiser steps of the global batch
     runs = ResultsStore(tmp_path / "runs" / "results.db").runs_frame()
     assert (runs["method"] == "mae").sum() == 1  # only rank 0 records

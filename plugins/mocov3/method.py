@@ -150,6 +150,7 @@ class MoCoV3(Method):
     """
 
     default_config = Path(__file__).parent / "default_config.py"
+    batch_coupled_loss = True  # in-batch negatives and BatchNorm heads: accumulation != a large batch
 
     def __init__(self, cfg: Any, backbone: ViTBackbone, info: Any):
         super().__init__(cfg, backbone, info)

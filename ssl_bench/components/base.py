@@ -99,6 +99,9 @@ class Method(nn.Module, ABC):
 
     default_config: ClassVar[str | Path]
     uses_labels: ClassVar[bool] = False
+    #: True when the loss couples the samples of a batch (contrastive negatives, BatchNorm in the
+    #: heads): gradient accumulation then is not equivalent to one large batch, and the loop says so.
+    batch_coupled_loss: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, backbone: Backbone, info: Any):
         super().__init__()

@@ -20,7 +20,8 @@ backbone = dict(
 
 train = dict(
     epochs=10,
-    batch_size=128,
+    batch_size=128,  # global batch per optimiser step (all processes, all accumulation steps)
+    accum_iter=1,  # gradient accumulation: each step is accum_iter micro-batches of batch_size / accum_iter
     blr=1.5e-4,  # lr = blr * global_batch / 256
     min_lr=0.0,
     warmup_epochs=1,

@@ -11,11 +11,14 @@ import json
 import logging
 import resource
 import time
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from timm.scheduler import CosineLRScheduler
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -57,6 +60,19 @@ def _autocast(device: torch.device, amp: str):
     return contextlib.nullcontext()
 
 
+def _optimizer_steps(
+    micro_batches: Iterable[tuple[Tensor, Tensor]], accum: int, steps: int
+) -> Iterator[list[tuple[Tensor, Tensor]]]:
+    """Group micro-batches into ``steps`` optimiser steps of ``accum`` each; a trailing
+    incomplete group is dropped, as drop_last drops a trailing incomplete batch."""
+    it = iter(micro_batches)
+    for _ in range(steps):
+        group = list(itertools.islice(it, accum))
+        if len(group) < accum:
+            return
+        yield group
+
+
 def build_optimizer(method: Method, tcfg: Any, global_batch: int) -> tuple[torch.optim.Optimizer, float]:
     lr = tcfg.blr * global_batch / 256
     groups = method.param_groups(tcfg.weight_decay)
@@ -75,10 +91,22 @@ def train(
     device = ctx.device
     n_train = len(train_split)
     global_batch = min(tcfg.batch_size, n_train)
-    if global_batch % ctx.world_size:
-        raise ValueError(f"batch size {global_batch} is not divisible by the {ctx.world_size} processes; pick a multiple")
-    local_batch = global_batch // ctx.world_size
-    steps_per_epoch = n_train // global_batch
+    accum = int(tcfg.get("accum_iter") or 1)
+    if accum < 1:
+        raise ValueError(f"train.accum_iter must be >= 1, got {tcfg.get('accum_iter')!r}")
+    if global_batch % (ctx.world_size * accum):
+        raise ValueError(
+            f"batch size {global_batch} is not divisible by {ctx.world_size} processes x {accum} accumulation "
+            f"steps; pick a batch size that is a multiple of {ctx.world_size * accum}"
+        )
+    local_batch = global_batch // (ctx.world_size * accum)  # one micro-batch on one process
+    steps_per_epoch = n_train // global_batch  # optimiser steps
+    if accum > 1 and method.batch_coupled_loss and ctx.is_main:
+        log.warning(
+            "train.accum_iter=%d with %s: its loss couples the samples of a batch (negatives, BatchNorm), "
+            "so each micro-batch of %d per process is not equivalent to one batch of %d",
+            accum, type(method).__name__, local_batch, global_batch,
+        )
     total_steps = steps_per_epoch * tcfg.epochs
     warmup_steps = steps_per_epoch * tcfg.warmup_epochs
     if warmup_steps >= total_steps:  # e.g. --epochs 1 with 1 warm-up epoch: keep a cosine half to decay
@@ -130,26 +158,33 @@ def train(
             local_batch, shuffle=True, generator=order_gen, drop_last=True,
             rank=ctx.rank, world_size=ctx.world_size, device=device,
         )
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not ctx.is_main or None, leave=False)
+        steps = _optimizer_steps(batches, accum, steps_per_epoch)
+        bar = tqdm(steps, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not ctx.is_main or None, leave=False)
         loss_sum, n_steps = torch.zeros((), device=device), 0
-        for images, labels in bar:
+        for micro_batches in bar:
             scheduler.step_update(num_updates=step)
-            with _autocast(device, tcfg.amp):
-                out = model(images, labels, step_gen)
-            loss = out.loss
-            if not torch.isfinite(loss.detach()).all():
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; stopping. The last good "
-                    f"checkpoint ({ckpt_path}, end of epoch {epoch}) is kept. Lower train.blr or enable "
-                    "train.grad_clip, then resume with --resume."
-                )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = torch.zeros((), device=device)
+            for i, (images, labels) in enumerate(micro_batches):
+                # DDP all-reduces the gradients once per optimiser step, on the last micro-batch
+                last = i == len(micro_batches) - 1
+                with contextlib.nullcontext() if last or not ctx.distributed else model.no_sync():
+                    with _autocast(device, tcfg.amp):
+                        out = model(images, labels, step_gen)
+                    micro_loss = out.loss
+                    if not torch.isfinite(micro_loss.detach()).all():
+                        raise NonFiniteLossError(
+                            f"loss became {micro_loss.item()} at epoch {epoch + 1}, step {step}; stopping. The last "
+                            f"good checkpoint ({ckpt_path}, end of epoch {epoch}) is kept. Lower train.blr or enable "
+                            "train.grad_clip, then resume with --resume."
+                        )
+                    (micro_loss / accum if accum > 1 else micro_loss).backward()  # the mean over micro-batches
+                loss = loss + micro_loss.detach().float() / accum
             if tcfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(method.parameters(), tcfg.grad_clip)
             optimizer.step()
             method.on_train_step_end(epoch + (n_steps + 1) / steps_per_epoch, tcfg.epochs)
-            loss_sum += loss.detach().float()
+            loss_sum += loss
             n_steps += 1
             step += 1
             images_seen += global_batch
