@@ -420,15 +420,7 @@ def load_imagefolder(
 IMAGENET1K_CLASSES = 1000
 
 
-def load_imagenet1k(
-    data_root: str | None = None,
-    *,
-    image_size: int = 224,
-    num_workers: int = 2,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    seed: int = 0,
-) -> ImageDataset:
+def load_imagenet1k(data_root: str | None = None, **options: Any) -> ImageDataset:
     """ImageNet-1k in the ImageNet folder layout, recorded as ``imagenet-1k``.
 
     The same loader as ``imagefolder``, but the runs it produces are named after
@@ -441,14 +433,7 @@ def load_imagenet1k(
         raise DatasetNotFoundError(
             "imagenet-1k needs --data-root pointing at ImageNet with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
         )
-    data = load_imagefolder(
-        data_root,
-        image_size=image_size,
-        num_workers=num_workers,
-        limit_train=limit_train,
-        limit_test=limit_test,
-        seed=seed,
-    )
+    data = load_imagefolder(data_root, **options)  # same options: image_size, num_workers, limits, seed
     found = data.info.num_classes
     if found != IMAGENET1K_CLASSES:
         raise ValueError(
