@@ -5,6 +5,7 @@ Kept separate from the CLI so tests and notebooks call the same code path the co
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -49,10 +50,30 @@ def method_config(method: str, registry: Registry, **kwargs: Any) -> Config:
     return cfg
 
 
+def _unsupported_options(loader: Any, options: dict[str, Any]) -> list[str]:
+    """Option names ``loader`` does not take (none if it takes ``**kwargs`` or has no signature)."""
+    try:
+        params = inspect.signature(loader).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return []
+    return sorted(set(options) - {p.name for p in params})
+
+
 def load_dataset(cfg: Any, registry: Registry) -> Any:
     dcfg = cfg.dataset
     loader = registry.get("dataset", dcfg.name)
     options = {k: v for k, v in dcfg.items() if k not in ("name", "data_root") and v is not None}
+    bad = _unsupported_options(loader, options)
+    if bad:
+        params = inspect.signature(loader).parameters
+        takes = sorted(k for k in params if k != "data_root")
+        raise ConfigError(
+            f"dataset {dcfg.name!r} does not take option(s) {', '.join(bad)} (it takes: {', '.join(takes)}); "
+            "they probably come from a config written for another dataset. Drop them with --set "
+            + " ".join(f"dataset.{k}=None" for k in bad)
+        )
     return loader(dcfg.get("data_root"), **options)
 
 

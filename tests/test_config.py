@@ -34,3 +34,26 @@ def test_set_parses_literals():
 def test_missing_config_file(registry, tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         method_config("mae", registry, user_config=tmp_path / "nope.py")
+
+
+def test_dataset_option_from_another_dataset_is_a_clear_error(registry):
+    from pathlib import Path
+
+    from ssl_bench.runner import load_dataset
+
+    recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "table4" / "mae_vit_b.py"
+    cfg = method_config("mae", registry, user_config=recipe, cli={"dataset.name": "digits"})
+    with pytest.raises(ConfigError, match=r"'digits' does not take option\(s\) image_size, num_workers.*"
+                                          r"--set dataset.image_size=None dataset.num_workers=None"):
+        load_dataset(cfg, registry)
+    cfg = method_config("mae", registry, user_config=recipe, cli={"dataset.name": "digits"},
+                        set_items=["dataset.image_size=None", "dataset.num_workers=None"])
+    assert load_dataset(cfg, registry).info.name == "digits"  # the suggested fix works
+
+
+def test_imagenet1k_takes_the_folder_loaders_options():
+    from ssl_bench.data.datasets import load_imagenet1k
+    from ssl_bench.runner import _unsupported_options
+
+    assert _unsupported_options(load_imagenet1k, {"image_size": 224, "num_workers": 8, "limit_train": 10}) == []
+    assert _unsupported_options(load_imagenet1k, {"download": True}) == ["download"]

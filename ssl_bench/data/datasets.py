@@ -20,6 +20,7 @@ get the data. The default download directory is ``$SSL_BENCH_DATA`` or
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -441,6 +442,9 @@ def load_imagenet1k(data_root: str | None = None, **options: Any) -> ImageDatase
             "for another folder dataset use --dataset imagefolder"
         )
     return replace(data, info=replace(data.info, name="imagenet-1k"))
+
+
+load_imagenet1k.__signature__ = inspect.signature(load_imagefolder)  # type: ignore[attr-defined]  # its options
 
 
 BUILTIN_DATASETS: dict[str, Callable[..., ImageDataset]] = {
