@@ -188,6 +188,9 @@ def run_method(
             prep_gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
             model.to(ctx.device)
             model.prepare(dataset.train, prep_gen)
+        else:
+            model.to(ctx.device)
+            model.on_resume(dataset.train)
         result: TrainResult = train(model, dataset.train, cfg, run_dir, ctx, resume=bool(resume))
     except BaseException:
         if ctx.is_main and run_id is not None:

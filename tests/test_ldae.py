@@ -179,3 +179,20 @@ def test_figures_and_pca_basis_written(tiny_cfg, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     saved = torch.load(m.save_tokenizer(tmp_path), weights_only=True)
     assert torch.equal(saved["basis"], m.tokenizer.basis) and saved["latent_dim"] == 2
+
+
+def test_resumed_run_still_writes_its_figures(tiny_cfg, tmp_path):
+    from ssl_bench.results.store import ResultsStore
+    from ssl_bench.runner import run_method
+    from ssl_bench.train.distributed import DistContext
+
+    cpu = DistContext(0, 1, 0, torch.device("cpu"))
+    store = ResultsStore(tmp_path / "results.db")
+    first = run_method("ldae", tiny_cfg("ldae", "train.epochs=1"), store, cpu)
+    figs = sorted(first.run_dir.glob("fig*.png"))
+    assert len(figs) == 3
+    for p in figs:
+        p.unlink()
+    resumed = run_method("ldae", tiny_cfg("ldae", "train.epochs=2"), store, cpu, resume=first.run_dir)
+    assert resumed.run_dir == first.run_dir
+    assert sorted(p.name for p in first.run_dir.glob("fig*.png")) == [p.name for p in figs]

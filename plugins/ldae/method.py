@@ -296,12 +296,21 @@ class DenoisingMethod(Method):
                 images = self._collect_images(batches)
                 self.tokenizer.fit(images, generator)
                 log.info("fitted %s on %d images", type(self.tokenizer).__name__, images.shape[0])
-        if self._figure_images is None:
-            first = next(iter(self._prep_batches(train_split, None, device, shuffle=False, batch_size=8)))
-            self._figure_images = first.detach()
+        self._pick_figure_images(train_split)
         run_dir = self.find_run_dir()
         if run_dir is not None:
             self.save_tokenizer(run_dir)
+
+    def _pick_figure_images(self, train_split: Any) -> None:
+        """The first 8 training images, fixed, for the Fig. 7/8 PNGs written when training ends."""
+        if self._figure_images is None:
+            device = next(self.backbone.parameters()).device
+            first = next(iter(self._prep_batches(train_split, None, device, shuffle=False, batch_size=8)))
+            self._figure_images = first.detach()
+
+    @torch.no_grad()
+    def on_resume(self, train_split: Any) -> None:
+        self._pick_figure_images(train_split)  # a resumed run still ends with its figures
 
     def _prep_batches(self, split: Any, generator: torch.Generator | None, device: torch.device, shuffle: bool = True, batch_size: int = 256):
         """Method-space float images, batch by batch, from a split (or a tensor of images)."""

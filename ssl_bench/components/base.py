@@ -131,6 +131,10 @@ class Method(nn.Module, ABC):
         the checkpoint carries it.
         """
 
+    def on_resume(self, train_split: Any) -> None:
+        """Called instead of :meth:`prepare` when a run resumes: fitted state comes from the
+        checkpoint, but a method may still want something from the data (e.g. images to draw)."""
+
     def extra_evaluations(self, dataset: Any, device: torch.device) -> list[tuple[str, Any]]:
         """Method-specific metrics beyond the shared probes, e.g. a diffusion model's test NLL.
 
