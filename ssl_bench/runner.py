@@ -50,25 +50,25 @@ def method_config(method: str, registry: Registry, **kwargs: Any) -> Config:
     return cfg
 
 
-def _unsupported_options(loader: Any, options: dict[str, Any]) -> list[str]:
-    """Option names ``loader`` does not take (none if it takes ``**kwargs`` or has no signature)."""
+def _unsupported_options(loader: Any, options: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(option names ``loader`` does not take, the names it does take); nothing is unsupported
+    when it takes ``**kwargs`` or has no signature."""
     try:
         params = inspect.signature(loader).parameters.values()
     except (TypeError, ValueError):
-        return []
+        return [], []
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return []
-    return sorted(set(options) - {p.name for p in params})
+        return [], []
+    names = {p.name for p in params}
+    return sorted(set(options) - names), sorted(names - {"data_root"})
 
 
 def load_dataset(cfg: Any, registry: Registry) -> Any:
     dcfg = cfg.dataset
     loader = registry.get("dataset", dcfg.name)
     options = {k: v for k, v in dcfg.items() if k not in ("name", "data_root") and v is not None}
-    bad = _unsupported_options(loader, options)
+    bad, takes = _unsupported_options(loader, options)
     if bad:
-        params = inspect.signature(loader).parameters
-        takes = sorted(k for k in params if k != "data_root")
         raise ConfigError(
             f"dataset {dcfg.name!r} does not take option(s) {', '.join(bad)} (it takes: {', '.join(takes)}); "
             "they probably come from a config written for another dataset. Drop them with --set "
@@ -184,12 +184,10 @@ def run_method(
         else:
             store.update_run(run_id, status="running")
     try:
+        model.to(ctx.device)
         if not resume:
-            prep_gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
-            model.to(ctx.device)
-            model.prepare(dataset.train, prep_gen)
+            model.prepare(dataset.train, torch.Generator(device=ctx.device).manual_seed(cfg.seed))
         else:
-            model.to(ctx.device)
             model.on_resume(dataset.train)
         result: TrainResult = train(model, dataset.train, cfg, run_dir, ctx, resume=bool(resume))
     except BaseException:

@@ -55,5 +55,5 @@ def test_imagenet1k_takes_the_folder_loaders_options():
     from ssl_bench.data.datasets import load_imagenet1k
     from ssl_bench.runner import _unsupported_options
 
-    assert _unsupported_options(load_imagenet1k, {"image_size": 224, "num_workers": 8, "limit_train": 10}) == []
-    assert _unsupported_options(load_imagenet1k, {"download": True}) == ["download"]
+    assert _unsupported_options(load_imagenet1k, {"image_size": 224, "num_workers": 8, "limit_train": 10})[0] == []
+    assert _unsupported_options(load_imagenet1k, {"download": True})[0] == ["download"]

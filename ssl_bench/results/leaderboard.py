@@ -217,10 +217,10 @@ def build_leaderboard(
             "epochs": e.epochs,
         }
         for name in shown:
-            row[HEADLINE_METRICS[name]] = _metric_value(e, name)
+            value = row[HEADLINE_METRICS[name]] = _metric_value(e, name)
             if name in QUALIFIER_COLUMNS:
                 col, key = QUALIFIER_COLUMNS[name]
-                row[col] = e.protocols.get(name, {}).get(key) if _metric_value(e, name) is not None else None
+                row[col] = None if value is None else e.protocols.get(name, {}).get(key)
         row.update(
             {
                 "seed": e.seed,

@@ -7,11 +7,11 @@ resumed from the checkpoint of epoch e replays epoch e exactly as an uninterrupt
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import resource
 import time
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,16 +170,16 @@ def train(
                 last = i == len(micro_batches) - 1
                 with contextlib.nullcontext() if last or not ctx.distributed else model.no_sync():
                     with _autocast(device, tcfg.amp):
-                        out = model(images, labels, step_gen)
-                    micro_loss = out.loss
-                    if not torch.isfinite(micro_loss.detach()).all():
-                        raise NonFiniteLossError(
-                            f"loss became {micro_loss.item()} at epoch {epoch + 1}, step {step}; stopping. The last "
-                            f"good checkpoint ({ckpt_path}, end of epoch {epoch}) is kept. Lower train.blr or enable "
-                            "train.grad_clip, then resume with --resume."
-                        )
-                    (micro_loss / accum if accum > 1 else micro_loss).backward()  # the mean over micro-batches
-                loss = loss + micro_loss.detach().float() / accum
+                        micro_loss = model(images, labels, step_gen).loss / accum  # the mean over micro-batches
+                    micro_loss.backward()
+                loss = loss + micro_loss.detach().float()
+            # one host sync per optimiser step; a non-finite loss never reaches optimizer.step()
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step}; stopping. The last good "
+                    f"checkpoint ({ckpt_path}, end of epoch {epoch}) is kept. Lower train.blr or enable "
+                    "train.grad_clip, then resume with --resume."
+                )
             if tcfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(method.parameters(), tcfg.grad_clip)
             optimizer.step()
