@@ -19,8 +19,9 @@ def _results_path(args: argparse.Namespace) -> Path:
     return Path(args.results) if args.results else Path(args.out) / RESULTS_NAME
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs", help="output directory for run directories and the results store (default: runs)")
+def _add_common(p: argparse.ArgumentParser, default_out: str = "runs") -> None:
+    p.add_argument("--out", default=default_out,
+                   help=f"output directory for run directories and the results store (default: {default_out})")
     p.add_argument("--results", default=None, help="SQLite results file (default: OUT/results.db)")
 
 
@@ -115,7 +116,9 @@ def cmd_deconstruct(args: argparse.Namespace) -> int:
 
     from ssl_bench import deconstruct as dc
     from ssl_bench.registry import get_registry
+    from ssl_bench.results.leaderboard import render
     from ssl_bench.results.store import ResultsStore
+    from ssl_bench.runner import load_dataset
     from ssl_bench.train.distributed import init_distributed
 
     registry = get_registry()
@@ -129,23 +132,24 @@ def cmd_deconstruct(args: argparse.Namespace) -> int:
     probe = dc.base_config(first, registry, chain_dir, cli, args.set or ()) if first else None  # dataset, device
     outcomes: list = []
     is_main = True
+    path = _results_path(args)
+    store = None
     if first is not None and not args.table_only:
         ctx = init_distributed(probe.train.device)
         is_main = ctx.is_main
-        store = ResultsStore(_results_path(args)) if ctx.is_main else None
+        store = ResultsStore(path) if ctx.is_main else None
         outcomes = dc.run_chain(steps, registry=registry, chain_dir=chain_dir, store=store, ctx=ctx, cli=cli,
-                                set_items=args.set or (), out=args.out)
+                                set_items=args.set or (), out=args.out, dataset=load_dataset(probe, registry))
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if not is_main:
         return 0
-    path = _results_path(args)
     if not path.is_file() and args.table_only:
         raise SSLBenchError(f"no results store at {path}; run `ssl-bench deconstruct` without --table-only first")
     dataset = probe.dataset.name if probe is not None else args.dataset
     backbone = probe.backbone.name if probe is not None else args.backbone
-    table = dc.build_table(steps, ResultsStore(path), dataset=dataset, backbone=backbone, outcomes=outcomes)
-    text = dc.render_table(table, args.format)
+    table = dc.build_table(steps, store or ResultsStore(path), dataset=dataset, backbone=backbone, outcomes=outcomes)
+    text = render(table, args.format)
     print(f"\nDeconstruction chain: {dataset}, {backbone} ({path}); paper: ImageNet-1k, DiT-L (ViT-1/2L encoder)\n")
     print(text)
     if args.output:
@@ -155,28 +159,15 @@ def cmd_deconstruct(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Rebuild a run's method from RUN_DIR/config.py + checkpoint and write a sample grid PNG."""
-    from mmengine.config import Config
-
-    from ssl_bench.errors import CheckpointError, ConfigError
-    from ssl_bench.registry import get_registry
-    from ssl_bench.runner import build_method, load_dataset
-    from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from ssl_bench.errors import ConfigError
+    from ssl_bench.runner import load_trained_method
     from ssl_bench.train.distributed import resolve_device
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.py").is_file():
-        raise ConfigError(f"{run_dir} has no config.py: it is not an ssl-bench run directory")
-    registry = get_registry()
-    cfg = Config.fromfile(str(run_dir / "config.py"))
-    model = build_method(cfg, registry, load_dataset(cfg, registry).info)  # the dataset only gives its info
+    cfg, _, model = load_trained_method(run_dir)
     if not hasattr(model, "write_samples"):
         raise ConfigError(f"method '{cfg.method.name}' cannot sample (no write_samples); only diffusion methods (ddm) can")
-    try:
-        model.load_state_dict(load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint in {run_dir} does not match its config ({exc})") from None
     device = resolve_device(args.device)
-    model.run_dir = run_dir
     model.to(device).eval()
     try:
         path = model.write_samples(args.output or run_dir / "samples.png", num=args.num, steps=args.steps, sampler=args.sampler,
@@ -250,10 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--device", help="auto (default), cpu or cuda")
     dc.add_argument("--chain-dir", help="the chain's config folder (default: benchmarks/deconstruct of this checkout)")
     dc.add_argument("--table-only", action="store_true", help="train nothing: rebuild the table from the results store")
-    dc.add_argument("--format", default="md", choices=["md", "csv"])
+    dc.add_argument("--format", default="md", choices=["md", "csv", "html"])
     dc.add_argument("--output", help="also write the table to this file")
-    dc.add_argument("--out", default="runs/deconstruct", help="run directories and results store (default: runs/deconstruct)")
-    dc.add_argument("--results", default=None, help="SQLite results file (default: OUT/results.db)")
+    _add_common(dc, default_out="runs/deconstruct")
     dc.set_defaults(func=cmd_deconstruct)
     sm = sub.add_parser("sample", help="write a sample grid PNG from a trained diffusion run (ddm)",
                         description="Rebuild the method from RUN_DIR/config.py and its checkpoint, sample with DDIM or "

@@ -35,8 +35,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ssl_bench.config import _check_keys_exist
+from ssl_bench.config import _check_keys_exist, config_to_json
 from ssl_bench.errors import ConfigError
+from ssl_bench.results.leaderboard import finished_runs, knn_top1_k20, metrics_by_run
 
 log = logging.getLogger("ssl_bench")
 
@@ -354,7 +355,7 @@ def dedupe_key(cfg: Any, info: Any, registry: Any) -> str:
     same size); those rows, and the paper's own "same run" rows (Table 1 r5 = conv VAE d16, Table 3
     r1 = patch PCA d32), are trained once and share the result.
     """
-    data = json.loads(json.dumps(cfg.to_dict(), default=str))
+    data = json.loads(config_to_json(cfg))
     data.pop("out", None)
     data.pop(TAG_KEY, None)
     tok = _resolved_tokenizer(cfg, info, registry)
@@ -372,22 +373,20 @@ class StepRun:
 
     step: Step
     status: str  # finished | failed | not run | shared
-    run_dir: Path | None = None
     error: str = ""
-    shared_with: list[str] = field(default_factory=list)
 
 
 def run_chain(
     steps: Sequence[Step], *, registry: Any, chain_dir: Path, store: Any, ctx: Any,
     cli: Mapping[str, Any] | None = None, set_items: Sequence[str] = (), out: str | Path = "runs/deconstruct",
-    dataset: Any = None, keep_going: bool = True,
+    dataset: Any = None,
 ) -> list[StepRun]:
     """Train and evaluate every realisable row (one ``run_method`` per distinct resolved config).
 
     Each run's config gets ``deconstruct = dict(rows=[...], chain_dir=...)`` so that
     ``build_table`` finds it in the store later; its run dir is ``OUT/<first row>/...``. A failing
-    row is reported and the chain goes on (``keep_going``): one broken tokenizer should not cost the
-    other rows of a multi-hour run.
+    row is reported and the chain goes on: one broken tokenizer should not cost the other rows of a
+    multi-hour run.
     """
     from ssl_bench.runner import load_dataset, run_method
 
@@ -413,20 +412,17 @@ def run_chain(
             extra = f" (also {', '.join(names[1:])})" if len(names) > 1 else ""
             log.info("== deconstruct %s%s: %s, %s ==", first.name, extra, first.config, first.change)
         try:
-            outcome = run_method(first.method, cfg, store, ctx, dataset=dataset, registry=registry)
+            run_method(first.method, cfg, store, ctx, dataset=dataset, registry=registry)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            if not keep_going:
-                raise
             msg = f"{type(exc).__name__}: {exc}"
             log.error("row %s failed: %s\n%s", first.name, msg, traceback.format_exc())
             for s, _ in members:
-                results[s.name] = StepRun(s, "failed", error=msg, shared_with=[n for n in names if n != s.name])
+                results[s.name] = StepRun(s, "failed", error=msg)
             continue
         for s, _ in members:
-            results[s.name] = StepRun(s, "finished" if s is first else "shared", outcome.run_dir,
-                                      shared_with=[n for n in names if n != s.name])
+            results[s.name] = StepRun(s, "finished" if s is first else "shared")
     return [results[s.name] for s in steps]
 
 
@@ -441,16 +437,9 @@ TABLE_COLUMNS = (ROW_COL, CHANGE_COL, D_COL, KNN_COL, LINEAR_COL, PAPER_COL, NOT
 
 def _tagged_runs(store: Any, dataset: str | None, backbone: str | None) -> dict[str, dict[str, Any]]:
     """Row name -> its latest finished tagged run (as a runs-frame record) for dataset/backbone."""
-    runs = store.runs_frame()
-    if runs.empty:
-        return {}
-    runs = runs[runs["status"] == "finished"]
-    if dataset is not None:
-        runs = runs[runs["dataset"] == dataset]
-    if backbone is not None:
-        runs = runs[runs["backbone"] == backbone]
+    runs = finished_runs(store, dataset, backbone)
     latest: dict[str, dict[str, Any]] = {}
-    for rec in runs.sort_values("id").to_dict("records"):
+    for rec in ([] if runs.empty else runs.sort_values("id").to_dict("records")):
         try:
             tag = (json.loads(rec["config_json"] or "{}") or {}).get(TAG_KEY) or {}
         except (TypeError, ValueError):
@@ -460,20 +449,13 @@ def _tagged_runs(store: Any, dataset: str | None, backbone: str | None) -> dict[
     return latest
 
 
-def _metrics_of(store: Any, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """run id -> {metric name: value, "latent_dim": resolved d from the probe protocol}."""
-    frame = store.metrics_frame()
-    out: dict[int, dict[str, Any]] = {}
-    ids = set(int(i) for i in run_ids)
-    if frame.empty or not ids:
-        return out
-    for m in frame[frame["run_id"].isin(list(ids))].to_dict("records"):
-        entry = out.setdefault(int(m["run_id"]), {})
-        entry[m["name"]] = None if pd.isna(m["value"]) else float(m["value"])
-        features = (json.loads(m["protocol_json"] or "{}") or {}).get("features")
+def _latent_dim(protocols: Mapping[str, Mapping[str, Any]]) -> int | None:
+    """The resolved d recorded in the probe protocol (the same for every metric of a run)."""
+    for protocol in protocols.values():
+        features = protocol.get("features")
         if isinstance(features, dict) and features.get("latent_dim") is not None:
-            entry["latent_dim"] = int(features["latent_dim"])
-    return out
+            return int(features["latent_dim"])
+    return None
 
 
 def _pct(v: float | None) -> float | None:
@@ -490,13 +472,13 @@ def build_table(
     store (rows tagged in their run config), so the same table is rebuilt by ``--table-only``.
     """
     tagged = _tagged_runs(store, dataset, backbone)
-    metrics = _metrics_of(store, (r["id"] for r in tagged.values()))
+    metrics = metrics_by_run(store, {int(r["id"]) for r in tagged.values()})
     failed = {o.step.name: o.error for o in outcomes if o.status == "failed"}
     rows = []
     for s in steps:
         notes = [s.note] if s.note else []
         rec = tagged.get(s.name)
-        m = metrics.get(int(rec["id"]), {}) if rec else {}
+        values, protocols = metrics[int(rec["id"])] if rec else ({}, {})
         if s.config is None:
             notes.insert(0, s.not_run)
         elif s.name in failed:
@@ -511,13 +493,12 @@ def build_table(
                 notes.append(f"one run for {n_rows} rows (same resolved config)")
             if bool(rec.get("uses_labels")) and not s.uses_labels:
                 notes.append("uses labels")
-        knn = m.get("knn_top1_k20", m.get("knn_top1"))
         rows.append({
             ROW_COL: s.name,
             CHANGE_COL: s.change,
-            D_COL: m.get("latent_dim"),
-            KNN_COL: _pct(knn),
-            LINEAR_COL: _pct(m.get("linear_top1")),
+            D_COL: _latent_dim(protocols),
+            KNN_COL: _pct(knn_top1_k20(values, protocols)),
+            LINEAR_COL: _pct(values.get("linear_top1")),
             PAPER_COL: s.paper_acc,
             NOTES_COL: "; ".join(n for n in notes if n),
         })
@@ -528,23 +509,9 @@ def build_table(
     return df
 
 
-def render_table(df: pd.DataFrame, fmt: str = "md") -> str:
-    """Markdown (one decimal, blanks for missing) or CSV (numeric, for analysis)."""
-    if fmt == "csv":
-        return df.to_csv(index=False)
-    if fmt != "md":
-        raise ValueError(f"unknown format {fmt!r}; choose md or csv")
-    shown = pd.DataFrame({
-        c: ["" if pd.isna(v) else (f"{v:.1f}" if isinstance(v, float) else str(v)) for v in df[c].tolist()]
-        for c in df.columns
-    }, columns=list(df.columns), dtype=object)
-    align = ["right" if c in (D_COL, KNN_COL, LINEAR_COL, PAPER_COL) else "left" for c in df.columns]
-    return shown.to_markdown(index=False, disable_numparse=True, colalign=align)
-
-
 __all__ = [
     "CHAIN_FILES", "DEFAULT_CHAIN_DIR", "GROUPS", "PAPER_FIG5", "PAPER_TABLE2", "STEPS", "TABLE2_DIMS",
     "ConfigFile", "Geometry", "Step", "StepRun", "build_steps", "build_table", "chain_dir_or_error",
-    "dedupe_key", "fig5_steps", "geometry_of", "render_table", "run_chain", "select_steps", "step_config",
+    "dedupe_key", "fig5_steps", "geometry_of", "run_chain", "select_steps", "step_config",
     "table2_steps",
 ]

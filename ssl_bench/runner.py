@@ -243,8 +243,8 @@ def run_baseline(name: str, cfg: Any, store: ResultsStore, dataset: Any, device:
     return RunOutcome(name, run_dir, run_id, metrics)
 
 
-def evaluate_run(run_dir: str | Path, store: ResultsStore, device: torch.device, recompute: bool = False, registry: Registry | None = None) -> RunOutcome:
-    """`ssl-bench eval RUN_DIR`: rebuild the method from its saved config, load the checkpoint, re-score."""
+def load_trained_method(run_dir: str | Path, registry: Registry | None = None) -> tuple[Any, Any, Method]:
+    """(config, dataset, method with its checkpoint's weights, on CPU) of a finished run directory."""
     registry = registry or get_registry()
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.py"
@@ -258,6 +258,15 @@ def evaluate_run(run_dir: str | Path, store: ResultsStore, device: torch.device,
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint in {run_dir} does not match its config ({exc})") from None
+    model.run_dir = run_dir
+    return cfg, dataset, model
+
+
+def evaluate_run(run_dir: str | Path, store: ResultsStore, device: torch.device, recompute: bool = False, registry: Registry | None = None) -> RunOutcome:
+    """`ssl-bench eval RUN_DIR`: rebuild the method from its saved config, load the checkpoint, re-score."""
+    registry = registry or get_registry()
+    run_dir = Path(run_dir)
+    cfg, dataset, model = load_trained_method(run_dir, registry)
     model.to(device).eval()
     protocol = {"features": model.probe_protocol(), "method": cfg.method.name}
     feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, device, protocol, recompute=recompute)

@@ -33,7 +33,7 @@ THROUGHPUT_COL = "throughput (img/s)"
 LABELS_COL = "labels"
 
 #: Metric name -> leaderboard column, in display order. ``knn_top1`` is resolved
-#: specially (k=20 only, see :func:`_knn_top1_k20`). Extend this to surface a
+#: specially (k=20 only, see :func:`knn_top1_k20`). Extend this to surface a
 #: new headline metric; metrics not listed here stay in the store only.
 HEADLINE_METRICS: dict[str, str] = {
     "knn_top1": KNN_COL,
@@ -111,18 +111,40 @@ def _none(v: Any) -> Any:
         return v
 
 
-def _latest_finished(
-    store: ResultsStore, dataset: str | None = None, backbone: str | None = None
-) -> list[_Entry]:
-    """Latest finished run per (method, backbone, dataset); ties broken by run id."""
+def finished_runs(store: ResultsStore, dataset: str | None = None, backbone: str | None = None) -> pd.DataFrame:
+    """The store's finished runs, optionally for one dataset / backbone (a runs-frame slice)."""
     runs = store.runs_frame()
     if runs.empty:
-        return []
+        return runs
     runs = runs[runs["status"] == "finished"]
     if dataset is not None:
         runs = runs[runs["dataset"] == dataset]
     if backbone is not None:
         runs = runs[runs["backbone"] == backbone]
+    return runs
+
+
+def metrics_by_run(
+    store: ResultsStore, run_ids: Iterable[int]
+) -> dict[int, tuple[dict[str, float | None], dict[str, dict[str, Any]]]]:
+    """run id -> ({metric: value}, {metric: protocol}); a later value of the same name wins."""
+    ids = [int(i) for i in run_ids]
+    out: dict[int, tuple[dict[str, float | None], dict[str, dict[str, Any]]]] = {i: ({}, {}) for i in ids}
+    frame = store.metrics_frame()
+    if frame.empty or not ids:
+        return out
+    for m in frame[frame["run_id"].isin(ids)].to_dict("records"):  # ordered by metric id
+        values, protocols = out[int(m["run_id"])]
+        values[m["name"]] = _none(m["value"])
+        protocols[m["name"]] = json.loads(m["protocol_json"] or "{}")
+    return out
+
+
+def _latest_finished(
+    store: ResultsStore, dataset: str | None = None, backbone: str | None = None
+) -> list[_Entry]:
+    """Latest finished run per (method, backbone, dataset); ties broken by run id."""
+    runs = finished_runs(store, dataset, backbone)
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for rec in runs.to_dict("records"):
         key = (rec["method"], _none(rec["backbone"]), _none(rec["dataset"]))
@@ -146,30 +168,24 @@ def _latest_finished(
         )
         for r in latest.values()
     }
-    metrics = store.metrics_frame()
-    if not metrics.empty:
-        metrics = metrics[metrics["run_id"].isin(list(entries))]
-        # Ordered by metric id, so a later value of the same name wins.
-        for m in metrics.to_dict("records"):
-            e = entries[int(m["run_id"])]
-            e.metrics[m["name"]] = _none(m["value"])
-            e.protocols[m["name"]] = json.loads(m["protocol_json"] or "{}")
+    for run_id, (values, protocols) in metrics_by_run(store, entries).items():
+        entries[run_id].metrics, entries[run_id].protocols = values, protocols
     return list(entries.values())
 
 
-def _knn_top1_k20(e: _Entry) -> float | None:
+def knn_top1_k20(metrics: dict[str, Any], protocols: dict[str, dict[str, Any]]) -> float | None:
     """k-NN top-1 at k=20: ``knn_top1_k20`` if present, else ``knn_top1`` unless
     its protocol records a different k (a k=10 number must not fill a k=20 column)."""
-    if e.metrics.get(f"knn_top1_k{KNN_K}") is not None:
-        return e.metrics[f"knn_top1_k{KNN_K}"]
-    k = e.protocols.get("knn_top1", {}).get("k")
+    if metrics.get(f"knn_top1_k{KNN_K}") is not None:
+        return metrics[f"knn_top1_k{KNN_K}"]
+    k = protocols.get("knn_top1", {}).get("k")
     if k is not None and int(k) != KNN_K:
         return None
-    return e.metrics.get("knn_top1")
+    return metrics.get("knn_top1")
 
 
 def _metric_value(e: _Entry, name: str) -> float | None:
-    v = _knn_top1_k20(e) if name == "knn_top1" else e.metrics.get(name)
+    v = knn_top1_k20(e.metrics, e.protocols) if name == "knn_top1" else e.metrics.get(name)
     if v is None:
         return None
     return round(100.0 * v, 1) if is_accuracy_metric(name) else round(float(v), 4)
