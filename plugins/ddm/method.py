@@ -317,10 +317,11 @@ class DDM(DenoisingMethod):
 
     @torch.no_grad()
     def extra_evaluations(self, dataset: Any, device: torch.device) -> list[tuple[str, Any]]:
-        """NLL (bits/dim) on a few test images, and the sample grid in the run dir (not a metric)."""
+        """NLL (bits/dim) on a few test images, and the sample grid in the run dir (not a metric),
+        after the l-DAE figures."""
+        out = super().extra_evaluations(dataset, device)
         if not self.use_diffusion:
-            return []
-        out: list[tuple[str, Any]] = []
+            return out
         if self.nll_cfg.get("enabled", True):
             res = self.evaluate_nll(dataset.test, device)
             log.info("ddm: test NLL %.4f +- %.4f bits/dim (%s space, %s)", res.metrics["nll_bpd"], res.metrics["nll_bpd_stderr"], res.protocol["space"], res.protocol["timesteps"])

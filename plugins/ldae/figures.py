@@ -6,7 +6,7 @@
   tokenizer) versus directly on the pixels (paper Fig. 7 uses sigma = sqrt(1/3)).
 * ``fig8_denoising.png``: noisy network input / prediction / clean image at several t (paper Fig. 8).
 
-``DenoisingMethod.on_train_step_end`` calls ``write_figures`` after the last step; it can also be
+``DenoisingMethod.extra_evaluations`` calls ``write_figures`` after training; it can also be
 called by hand on a loaded model: ``write_figures(method, method.preprocess_eval(uint8_images), dir)``.
 """
 

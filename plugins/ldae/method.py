@@ -58,6 +58,7 @@ from ssl_bench.components.tokenizers import (
     default_latent_dim,
 )
 from ssl_bench.data.augment import random_horizontal_flip, random_resized_crop, to_float01
+from ssl_bench.train.distributed import is_main_rank
 
 log = logging.getLogger("ssl_bench")
 
@@ -76,7 +77,7 @@ class DenoisingMethod(Method):
     def __init__(self, cfg: Any, backbone: Any, info: Any):
         super().__init__(cfg, backbone, info)
         m = cfg.method
-        self.run_dir: Path | None = None  # set by the runner if it can; else found from the log file
+        self.run_dir: Path | None = None  # set by the runner
         self.image_size = int(m.get("image_size") or info.image_size)
         grid = backbone.image_size // backbone.patch_size  # token grid the user asked for
         if self.image_size % grid:
@@ -298,7 +299,7 @@ class DenoisingMethod(Method):
                 log.info("fitted %s on %d images", type(self.tokenizer).__name__, images.shape[0])
         self._pick_figure_images(train_split)
         run_dir = self.find_run_dir()
-        if run_dir is not None:
+        if run_dir is not None and is_main_rank():  # prepare runs on every rank; one writer
             self.save_tokenizer(run_dir)
 
     def _pick_figure_images(self, train_split: Any) -> None:
@@ -350,14 +351,8 @@ class DenoisingMethod(Method):
         return torch.cat(out)[:cap]
 
     def find_run_dir(self) -> Path | None:
-        """The run dir: ``self.run_dir`` if the runner set it, else the dir of the run's train.log
-        handler (the runner attaches it before building the method). None on non-main ranks."""
-        if self.run_dir is not None:
-            return Path(self.run_dir)
-        for h in reversed(logging.getLogger("ssl_bench").handlers):  # the most recent run's log
-            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).name == "train.log":
-                return Path(h.baseFilename).parent
-        return None
+        """The run dir the runner set (None when the method is used outside a run)."""
+        return None if self.run_dir is None else Path(self.run_dir)
 
     def save_tokenizer(self, run_dir: Path) -> Path:
         """Write the fitted tokenizer beside the checkpoint (it is also inside the checkpoint)."""
@@ -422,26 +417,19 @@ class DenoisingMethod(Method):
             "labels": "null class" if self.class_cond else "none",
         }
 
-    def on_train_step_end(self, epoch_progress: float, total_epochs: int) -> None:
-        if not self.want_figures or epoch_progress < total_epochs - 1e-9:
-            return
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-            return
+    def extra_evaluations(self, dataset: Any, device: torch.device) -> list[tuple[str, Any]]:
+        """After training (main rank only, outside the timed loop): the Fig. 4/7/8 PNGs. No metrics."""
         run_dir = self.find_run_dir()
-        if run_dir is None or self._figure_images is None:
-            return
+        if not self.want_figures or run_dir is None or self._figure_images is None:
+            return []
         try:
             from ssl_bench_plugins.ldae.figures import write_figures
 
-            was_training = self.training
-            self.eval()
-            try:
-                paths = write_figures(self, self._figure_images, run_dir)
-            finally:
-                self.train(was_training)
+            paths = write_figures(self, self._figure_images.to(device), run_dir)
             log.info("figures: %s", ", ".join(p.name for p in paths))
         except Exception as exc:  # figures are a by-product: never fail a finished training run
             log.warning("could not write l-DAE figures: %r", exc)
+        return []
 
     # ------------------------------------------------------------------------------------------
     # denoising helpers (figures, analysis)

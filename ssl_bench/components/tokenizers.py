@@ -263,9 +263,19 @@ class PatchAETokenizer(_PatchTokenizer):
         return self.mean.to(latents.dtype) + self.decoder(latents)
 
     def full_basis(self) -> Tensor:
-        """QR of the decoder columns U^T [D, d] (complete mode): first d rows span the decoded space."""
-        q, _ = torch.linalg.qr(self.decoder.weight.detach().to(torch.float64), mode="complete")  # [D, D]
-        return q.T.to(self.mean.dtype)
+        """QR of the decoder columns U^T [D, d] (complete mode): first d rows span the decoded space.
+
+        The original-image target needs it twice per training step; the decoder is frozen after
+        fitting, so the float64 QR is cached and redone only when the weight changes in place
+        (fitting, load_state_dict) or moves (``.to``), which its version counter / storage tell.
+        """
+        w = self.decoder.weight
+        key = (w.data_ptr(), w._version, w.device, self.mean.dtype)
+        cached = getattr(self, "_basis_cache", None)
+        if cached is None or cached[0] != key:
+            q, _ = torch.linalg.qr(w.detach().to(torch.float64), mode="complete")  # [D, D]
+            cached = self._basis_cache = (key, q.T.to(self.mean.dtype))
+        return cached[1]
 
 
 class PatchVAETokenizer(PatchAETokenizer):

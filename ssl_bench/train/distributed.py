@@ -49,6 +49,11 @@ def init_distributed(device_pref: str = "auto") -> DistContext:
     return DistContext(rank, world, local, device)
 
 
+def is_main_rank() -> bool:
+    """True outside torch.distributed and on rank 0: for code that has no DistContext at hand."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
