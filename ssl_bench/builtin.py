@@ -8,22 +8,9 @@ from ssl_bench.hookspecs import hookimpl
 @hookimpl
 def ssl_bench_tokenizers():
     from ssl_bench.components.patches import PatchTokenizer
-    from ssl_bench.components.tokenizers import (
-        ConvVAETokenizer,
-        PatchAETokenizer,
-        PatchPCATokenizer,
-        PatchVAETokenizer,
-        PixelTokenizer,
-    )
+    from ssl_bench.components.tokenizers import BUILTIN_TOKENIZERS
 
-    return {
-        "patch": PatchTokenizer,
-        "patch-pca": PatchPCATokenizer,
-        "patch-ae": PatchAETokenizer,
-        "patch-vae": PatchVAETokenizer,
-        "conv-vae": ConvVAETokenizer,
-        "pixel": PixelTokenizer,
-    }
+    return {"patch": PatchTokenizer, **BUILTIN_TOKENIZERS}
 
 
 @hookimpl
@@ -43,21 +30,10 @@ def ssl_bench_noise_schedules():
 
 @hookimpl
 def ssl_bench_targets():
-    from ssl_bench.components.latent_targets import (
-        CleanLatentTarget,
-        InverseTokenizerImageTarget,
-        NoiseTarget,
-        OriginalImageTarget,
-    )
+    from ssl_bench.components.latent_targets import BUILTIN_LATENT_TARGETS
     from ssl_bench.components.targets import NormalizedPixelTarget
 
-    return {
-        "norm-pix": NormalizedPixelTarget,
-        "noise": NoiseTarget,
-        "clean-latent": CleanLatentTarget,
-        "inverse-tokenizer-image": InverseTokenizerImageTarget,
-        "original-image": OriginalImageTarget,
-    }
+    return {"norm-pix": NormalizedPixelTarget, **BUILTIN_LATENT_TARGETS}
 
 
 @hookimpl

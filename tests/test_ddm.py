@@ -33,7 +33,7 @@ def _ddm(tiny_cfg, *extra, limit_train: int = 128):
 
 def _x0(m, ds, n=8):
     images, labels = next(iter(ds.train.batches(n)))
-    return m.diffusion_image(m.tokenizer.encode(m.preprocess_eval(images))), labels  # [n, C, h, w]
+    return m.latent_image(m.tokenizer.encode(m.preprocess_eval(images))), labels  # [n, C, h, w]
 
 
 # -- learned variance ------------------------------------------------------------------------------

@@ -50,10 +50,6 @@ from ssl_bench_plugins.ldae.method import DenoisingMethod
 
 log = logging.getLogger("ssl_bench")
 
-VAR_TYPES = ("learned_range", "fixed_small", "fixed_large")
-LOSS_TYPES = ("mse", "rescaled_mse", "kl", "rescaled_kl")
-
-
 class DDM(DenoisingMethod):
     default_config = Path(__file__).parent / "default_config.py"
 
@@ -67,23 +63,21 @@ class DDM(DenoisingMethod):
         self.diffusion: GaussianDiffusion | None = None
         self.timestep_sampler = None
         self.sampler_name = "uniform"
-        self.data_channels = self.tok_channels  # C of the diffusion's image [B, C, h, w]
-        self.out_channels = self.data_channels
+        self.out_channels = self.tok_channels  # C of the diffusion's image [B, C, h, w], x2 with learned sigma
         if not self.use_diffusion:
             log.info("ddm: config is outside the DDPM family (%s); using the DenoisingMethod objective, no NLL", self._why_not)
             return
         var_type = dcfg.get("var_type") or "learned_range"
         loss_type = dcfg.get("loss_type") or "mse"
-        if var_type not in VAR_TYPES:
-            raise ValueError(f"method.diffusion.var_type must be one of {VAR_TYPES}, got {var_type!r}")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"method.diffusion.loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
         # same float64 betas as the schedule the probe / figures use, so both views agree exactly
-        self.diffusion = GaussianDiffusion(self.schedule.betas(), "eps", var_type, loss_type)
+        try:
+            self.diffusion = GaussianDiffusion(self.schedule.betas(), "eps", var_type, loss_type)
+        except ValueError as exc:  # GaussianDiffusion validates; name the config keys
+            raise ValueError(f"method.diffusion (var_type / loss_type): {exc}") from None
         if self.diffusion.learn_sigma:
             # learn_sigma: out_channels = 2 * in_channels (fact 16); DiT init zeroes the new head too,
             # so a fresh model still outputs exactly 0 (eps = 0, v = 0: geometric-mean variance)
-            self.out_channels = 2 * self.data_channels
+            self.out_channels = 2 * self.tok_channels
             head = FinalLayer(self.backbone.embed_dim, 2 * self.backbone.out_dim)
             for lin in (head.adaLN_modulation[-1], head.linear):
                 torch.nn.init.zeros_(lin.weight)
@@ -122,12 +116,8 @@ class DDM(DenoisingMethod):
     # the network as a diffusion model_fn
     # ------------------------------------------------------------------------------------------
 
-    def diffusion_image(self, z0: Tensor) -> Tensor:
-        """Latent tokens [B, L, d] -> the diffusion's data [B, C, h, w] (channels = latent dims)."""
-        return self.latent_image(z0)
-
     def tokens_from_diffusion_image(self, x: Tensor) -> Tensor:
-        """Inverse of ``diffusion_image``: [B, C, h, w] -> [B, L, d] for the tokenizer's decoder."""
+        """Inverse of ``latent_image`` (the diffusion's data is the latent laid out as an image): [B, C, h, w] -> [B, L, d] for the tokenizer's decoder."""
         return patchify(x, self.tok_patch)
 
     def model_fn(self, generator: torch.Generator | None = None):
@@ -171,7 +161,7 @@ class DDM(DenoisingMethod):
             return super().training_step(images, labels, generator)
         x = self.preprocess_train(images, generator)  # [B, C_img, H, W]
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
-            x0 = self.diffusion_image(self.tokenizer.encode(x))  # [B, C, h, w] float32
+            x0 = self.latent_image(self.tokenizer.encode(x))  # [B, C, h, w] float32
         t, weights = self.sample_timesteps(x0.shape[0], generator, x0.device)  # [B], [B]
         noise = randn_like(x0, generator)
         kwargs = {"y": labels} if self.class_cond else {}
@@ -209,7 +199,7 @@ class DDM(DenoisingMethod):
         """Method-space images -> (noisy latent decoded, predicted x0 decoded), via the diffusion."""
         if not self.use_diffusion:
             return super().denoise(x, t, generator)
-        x0 = self.diffusion_image(self.tokenizer.encode(x))
+        x0 = self.latent_image(self.tokenizer.encode(x))
         t = torch.as_tensor(t, device=x.device)
         t = (t.expand(x.shape[0]) if t.ndim == 0 else t).long()
         x_t = self.diffusion.q_sample(x0, t, generator=generator)
@@ -240,7 +230,7 @@ class DDM(DenoisingMethod):
             x = self.preprocess_eval(images)  # [B, C_img, H, W]
             if space == "pixel":  # back on the 8-bit grid after any resize (no-op at native size)
                 x = torch.round((x + 1.0) * 127.5) / 127.5 - 1.0
-            batches.append((self.diffusion_image(self.tokenizer.encode(x)), self._null_or_labels(labels)))
+            batches.append((self.latent_image(self.tokenizer.encode(x)), self._null_or_labels(labels)))
             seen += images.shape[0]
             if seen >= num:
                 break
@@ -257,7 +247,7 @@ class DDM(DenoisingMethod):
 
     def diffusion_image_desc(self) -> str:
         size = self._latent_grid() * self.tok_patch
-        return f"diffusion data [B, {self.data_channels}, {size}, {size}] = tokenizer latent laid out as an image"
+        return f"diffusion data [B, {self.tok_channels}, {size}, {size}] = tokenizer latent laid out as an image"
 
     @torch.no_grad()
     def sample_images(
@@ -284,7 +274,7 @@ class DDM(DenoisingMethod):
         try:
             diff = respaced_for_sampling(self.diffusion, steps, sampler)
             size = self._latent_grid() * self.tok_patch
-            shape = (int(num), self.data_channels, size, size)
+            shape = (int(num), self.tok_channels, size, size)
             gen = torch.Generator(device=device).manual_seed(int(seed))
             fn = self.model_fn()
             kwargs: dict[str, Any] = {}
@@ -292,7 +282,7 @@ class DDM(DenoisingMethod):
                 labels = torch.arange(int(num), device=device) % self.info.num_classes
                 kwargs = {"y": labels}
                 if cfg_scale != 1.0 and self.backbone.y_embedder.has_null:
-                    fn = cfg_model_fn(fn, float(cfg_scale), self.backbone.y_embedder.null_id, guided_channels=self.data_channels)
+                    fn = cfg_model_fn(fn, float(cfg_scale), self.backbone.y_embedder.null_id)
             clip = nll_space(self) == "pixel"  # data in [-1, 1]: clip x0 as IDDPM; latents are unbounded
             if sampler == "ddim":
                 x0 = ddim_sample_loop(diff, fn, shape, eta=eta, clip_denoised=clip, model_kwargs=kwargs, generator=gen, device=device)

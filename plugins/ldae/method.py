@@ -40,6 +40,7 @@ from torch import Tensor
 from ssl_bench.components.base import Method, StepOutput
 from ssl_bench.components.dit import DiTBackbone
 from ssl_bench.components.latent_targets import (
+    BUILTIN_LATENT_TARGETS,
     CleanLatentTarget,
     InverseTokenizerImageTarget,
     NoiseTarget,
@@ -63,7 +64,7 @@ from ssl_bench.train.distributed import is_main_rank
 log = logging.getLogger("ssl_bench")
 
 TOKENIZER_ALIASES = {"pca": "patch-pca", "ae": "patch-ae", "vae": "patch-vae"}
-TARGETS = ("noise", "clean-latent", "inverse-tokenizer-image", "original-image")
+TARGETS = tuple(BUILTIN_LATENT_TARGETS)
 
 
 def _opts(d: Any, drop: tuple[str, ...] = ("name",)) -> dict[str, Any]:

@@ -170,7 +170,6 @@ class MoCoV3(Method):
                 backbone.vit.patch_embed.proj.bias.requires_grad_(False)
 
         proj_hidden, proj_dim, pred_hidden = head_sizes(mcfg, backbone.name, backbone.embed_dim)
-        self.head_dims = (proj_hidden, proj_dim, pred_hidden)
         self.projector = build_mlp(3, backbone.embed_dim, proj_hidden, proj_dim, last_bn=True)
         self.predictor = build_mlp(2, proj_dim, pred_hidden, proj_dim, last_bn=True)
         self.sync_bn = use_sync_bn(mcfg.get("sync_bn", "auto"))

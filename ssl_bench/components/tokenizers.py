@@ -83,8 +83,13 @@ class _PatchTokenizer(Tokenizer):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def _check_fitted(self) -> None:
+        # reading the buffer is a host sync on CUDA; once it has been seen True it stays True
+        # (fitting only sets it), so every later encode/decode of the training step skips it
+        if getattr(self, "_seen_fitted", False):
+            return
         if not bool(self.fitted):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() (Method.prepare does) or load a checkpoint")
+        self._seen_fitted = True
 
     def fit(self, images: Tensor, generator: torch.Generator | None = None) -> None:
         """Fit from normalised images [N, C, H, W]: sample ``num_samples`` random patches."""
@@ -117,16 +122,9 @@ class _PatchTokenizer(Tokenizer):
         """[D, D] orthonormal rows whose first d span the decoder's image (for the l-DAE loss)."""
         raise NotImplementedError
 
-    def project_full(self, x: Tensor, center: bool = True) -> Tensor:
-        """Coordinates of patch vectors [..., D] in the full basis: (x - mean) @ B^T -> [..., D].
-
-        With ``center=False`` it rotates a difference (the mean cancels in x0 - prediction)."""
-        if center:
-            x = x - self.mean
-        return x @ self.full_basis().to(x.dtype).T
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": type(self).__name__, "patch_size": self.patch_size, "D": self.patch_dim, "d": self.latent_dim, "center": self.center}
+    def project_full(self, x: Tensor) -> Tensor:
+        """Coordinates of patch vectors [..., D] in the full basis: (x - mean) @ B^T -> [..., D]."""
+        return (x - self.mean) @ self.full_basis().to(x.dtype).T
 
 
 class PatchPCATokenizer(_PatchTokenizer):
@@ -201,13 +199,6 @@ class PatchPCATokenizer(_PatchTokenizer):
     def full_basis(self) -> Tensor:
         return self.basis
 
-    def explained_variance(self) -> float:
-        """Fraction of the patch variance kept by the top-d bases."""
-        total = self.eigenvalues.sum().clamp_min(1e-12)
-        return float(self.eigenvalues[: self.latent_dim].sum() / total)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "latent_scale": float(self.scale), "explained_variance": self.explained_variance() if bool(self.fitted) else None}
 
 
 class PatchAETokenizer(_PatchTokenizer):
@@ -402,9 +393,6 @@ class ConvVAETokenizer(Tokenizer):
         """[N, L, 4c] -> [N, C, H, W]"""
         return self.decoder(unpatchify(latents, 2, self.c))
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": "ConvVAETokenizer", "c": self.c, "d": self.latent_dim, "stride": self.stride, "kl_weight": self.kl_weight}
-
 
 def default_latent_dim(patch_dim: int, ratio: float = 32 / 768, minimum: int = 2) -> int:
     """l-DAE's d for a patch of D values: d = round(D * 32/768) (d = 32 at 16x16x3), at least
@@ -412,14 +400,6 @@ def default_latent_dim(patch_dim: int, ratio: float = 32 / 768, minimum: int = 2
     if patch_dim <= minimum:
         return patch_dim
     return int(min(patch_dim - 1, max(minimum, round(patch_dim * ratio))))
-
-
-BUILTIN_TOKENIZERS: dict[str, type[Tokenizer]] = {
-    "patch-pca": PatchPCATokenizer,
-    "patch-ae": PatchAETokenizer,
-    "patch-vae": PatchVAETokenizer,
-    "conv-vae": ConvVAETokenizer,
-}
 
 
 class PixelTokenizer(_PatchTokenizer):
@@ -447,4 +427,10 @@ class PixelTokenizer(_PatchTokenizer):
         return torch.eye(self.patch_dim, device=self.mean.device)
 
 
-BUILTIN_TOKENIZERS["pixel"] = PixelTokenizer
+BUILTIN_TOKENIZERS: dict[str, type[Tokenizer]] = {
+    "patch-pca": PatchPCATokenizer,
+    "patch-ae": PatchAETokenizer,
+    "patch-vae": PatchVAETokenizer,
+    "conv-vae": ConvVAETokenizer,
+    "pixel": PixelTokenizer,
+}
