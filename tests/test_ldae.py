@@ -143,7 +143,7 @@ def test_ldae_defaults_and_fresh_prediction_is_zero(tiny_cfg):
     x = m.preprocess_train(images, torch.Generator().manual_seed(0))
     z0 = m.tokenizer.encode(x)
     noisy = m.corruption(z0, torch.Generator().manual_seed(0))
-    assert torch.equal(m.predict(x, z0, noisy), torch.zeros(8, 16, 4))  # fact 13 inside the method
+    assert torch.equal(m.predict(noisy), torch.zeros(8, 16, 4))  # fact 13 inside the method
     # probe: clean image at t = 10 through the encoder half
     m.eval()
     f = m.probe_features(torch.randn(2, 1, 8, 8))

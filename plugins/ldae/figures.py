@@ -49,8 +49,7 @@ def plot_pca_bases(tokenizer: Any, path: Path, max_filters: int = 64) -> Path | 
     plt = _plt()
     basis = tokenizer.full_basis().detach().float().cpu()  # [D, D]
     p, c, d = tokenizer.patch_size, tokenizer.channels, tokenizer.latent_dim
-    n = min(basis.shape[0], max(max_filters, d))
-    n = min(n, max_filters if d <= max_filters else d)
+    n = min(basis.shape[0], max(max_filters, d))  # every latent filter, at least max_filters
     cols = min(16, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.9 + 0.4), squeeze=False)

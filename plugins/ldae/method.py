@@ -274,7 +274,7 @@ class DenoisingMethod(Method):
         """Tokens [N, L, d] -> the latent laid out as an image for the DiT's patch embedding."""
         return unpatchify(z, self.tok_patch, self.tok_channels)
 
-    def network_input(self, z0: Tensor, noisy: NoisyLatent) -> Tensor:
+    def network_input(self, noisy: NoisyLatent) -> Tensor:
         if self.input_space == "image":
             return noisy.image  # [N, C, H, W] = tokenizer.decode(z_t)
         return self.latent_image(noisy.z_t)
@@ -315,13 +315,7 @@ class DenoisingMethod(Method):
         self._pick_figure_images(train_split)  # a resumed run still ends with its figures
 
     def _prep_batches(self, split: Any, generator: torch.Generator | None, device: torch.device, shuffle: bool = True, batch_size: int = 256):
-        """Method-space float images, batch by batch, from a split (or a tensor of images)."""
-        if isinstance(split, Tensor):
-            x = split.to(device)
-            for i in range(0, x.shape[0], batch_size):
-                b = x[i : i + batch_size]
-                yield self.preprocess_eval(b) if b.dtype == torch.uint8 else self.from_harness(b)
-            return
+        """Method-space float images, batch by batch, from a split."""
         for images, _ in split.batches(batch_size, shuffle=shuffle, generator=generator, drop_last=False, device=device):
             yield self.preprocess_eval(images)
 
@@ -371,10 +365,10 @@ class DenoisingMethod(Method):
             torch.save({"class": type(tok).__name__, "state_dict": {k: v.cpu() for k, v in tok.state_dict().items()}}, path)
         return path
 
-    def predict(self, x: Tensor, z0: Tensor, noisy: NoisyLatent, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    def predict(self, noisy: NoisyLatent, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Network output [N, L, out] for a noised batch."""
         y = labels if self.class_cond else None
-        return self.backbone(self.network_input(z0, noisy), noisy.t, y, generator)
+        return self.backbone(self.network_input(noisy), noisy.t, y, generator)
 
     def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
         x = self.preprocess_train(images, generator)  # [N, C, H, W]
@@ -384,7 +378,7 @@ class DenoisingMethod(Method):
             z0 = self.tokenizer.encode(x)  # [N, L, d]
             noisy = self.corruption(z0, generator)
             target, weight = self.target(x, z0, noisy)  # [N, L, P], [N, 1, 1 or P]
-        pred = self.predict(x, z0, noisy, labels, generator)  # [N, L, P]
+        pred = self.predict(noisy, labels, generator)  # [N, L, P]
         with torch.autocast(device_type=x.device.type, enabled=False):
             loss = weighted_mean_sq(self.target.to_loss_space(pred.float()), target, weight)
         return StepOutput(loss, {"loss": loss.detach()})
@@ -399,7 +393,7 @@ class DenoisingMethod(Method):
         gen = torch.Generator(device=x.device).manual_seed(self.probe_noise_seed)
         t = torch.full((x.shape[0],), self.probe_t, dtype=torch.long, device=x.device)
         noisy = self.corruption.noise_at(z0, t, randn_like_from(z0, gen))
-        return self.network_input(z0, noisy)
+        return self.network_input(noisy)
 
     @torch.no_grad()
     def probe_features(self, images: Tensor) -> Tensor:
@@ -442,7 +436,7 @@ class DenoisingMethod(Method):
         z0 = self.tokenizer.encode(x)
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0]) if torch.as_tensor(t).ndim == 0 else t.to(x.device)
         noisy = self.corruption.noise_at(z0, t.long(), randn_like_from(z0, generator))
-        pred = self.backbone(self.network_input(z0, noisy), noisy.t, None)
+        pred = self.backbone(self.network_input(noisy), noisy.t, None)
         if self.output_space == "image":
             x_hat = unpatchify(pred, self.patch_size, self.channels)
         elif self.prediction == "x0":

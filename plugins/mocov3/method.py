@@ -182,8 +182,10 @@ class MoCoV3(Method):
         self.momentum_projector = copy.deepcopy(self.projector)
         for p in self._momentum_params():
             p.requires_grad_(False)
-        if len(self._momentum_params()) != len(self._base_params()):
-            raise RuntimeError("momentum encoder does not mirror the base encoder")
+        # (momentum, base) pairs of the trainable parameters, built once: .to() and load_state_dict
+        # update parameters in place, so the same objects stay valid for every step
+        pairs = [(k, q) for q, k in zip(self._base_params(), self._momentum_params(), strict=True) if q.requires_grad]
+        self._ema_targets, self._ema_sources = [k for k, _ in pairs], [q for _, q in pairs]
 
         size = info.image_size
         self.view1, self.view2 = byol_view_pair(size, scale=tuple(mcfg.crop_scale))
@@ -199,8 +201,7 @@ class MoCoV3(Method):
     @torch.no_grad()
     def update_momentum_encoder(self, m: float) -> None:
         """theta_k <- m theta_k + (1 - m) theta_q over backbone + projector (trainable params only)."""
-        pairs = [(k, q) for q, k in zip(self._base_params(), self._momentum_params()) if q.requires_grad]
-        momentum_update_([k for k, _ in pairs], [q for _, q in pairs], m)
+        momentum_update_(self._ema_targets, self._ema_sources, m)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """One group: MoCo v3 applies weight decay to every parameter (no bias/norm exclusion).

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# one noise draw for the whole harness: float32 on the generator's device, then cast and moved
+from ssl_bench.components.noise import randn_like_from as randn_like
+
 ModelMeanType = Literal["eps", "x0"]
 ModelVarType = Literal["learned_range", "fixed_small", "fixed_large"]
 LossType = Literal["mse", "rescaled_mse", "kl", "rescaled_kl"]
@@ -62,13 +65,6 @@ def extract(table: np.ndarray, t: Tensor, like: Tensor) -> Tensor:
     """
     values = torch.as_tensor(table, dtype=torch.float64, device=like.device)[t.to(like.device)]  # [B]
     return values.to(like.dtype).reshape(t.shape + (1,) * (like.ndim - t.ndim))
-
-
-def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Standard normal noise shaped like x, drawn from ``generator`` (on its own device) if given."""
-    if generator is None:
-        return torch.randn_like(x)
-    return torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
 
 
 def normal_kl(mean1: Tensor | float, logvar1: Tensor | float, mean2: Tensor | float, logvar2: Tensor | float) -> Tensor:
