@@ -25,7 +25,7 @@ from common import save_result  # noqa: E402
 
 def measure(method: str, backbone: str, image_size: int, channels: int, batch: int, steps: int, device: str) -> dict:
     """Runs inside the child process: build the method on random data and time optimiser steps."""
-    from ssl_bench.data.base import DatasetInfo, TensorSplit
+    from ssl_bench.data.base import DatasetInfo, TensorSplit, suggest_patch_size
     from ssl_bench.registry import get_registry
     from ssl_bench.runner import build_method, method_config
     from ssl_bench.train.loop import _autocast, build_optimizer, make_generator, peak_memory_mb
@@ -33,8 +33,8 @@ def measure(method: str, backbone: str, image_size: int, channels: int, batch: i
     dev = torch.device(device)
     registry = get_registry()
     cfg = method_config(method, registry, cli={"backbone.name": backbone, "train.batch_size": batch})
-    patch = 16 if image_size >= 224 else 8 if image_size >= 64 else 4 if image_size >= 16 else 2
-    info = DatasetInfo("random", 10, channels, image_size, (0.5,) * channels, (0.25,) * channels, patch)
+    info = DatasetInfo("random", 10, channels, image_size, (0.5,) * channels, (0.25,) * channels,
+                       suggest_patch_size(image_size))
     model = build_method(cfg, registry, info).to(dev).train()
     opt, _ = build_optimizer(model, cfg.train, batch)
     gen = make_generator(dev, 0, 0)

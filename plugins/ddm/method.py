@@ -316,9 +316,10 @@ class DDM(DenoisingMethod):
             res = self.evaluate_nll(dataset.test, device)
             log.info("ddm: test NLL %.4f +- %.4f bits/dim (%s space, %s)", res.metrics["nll_bpd"], res.metrics["nll_bpd_stderr"], res.protocol["space"], res.protocol["timesteps"])
             out.append(("nll", res))
-        if self.samples_cfg.get("enabled", True) and self.find_run_dir() is not None:
+        run_dir = self.find_run_dir()
+        if self.samples_cfg.get("enabled", True) and run_dir is not None:
             try:
-                path = self.write_samples(device=device)
+                path = self.write_samples(run_dir / "samples.png", device=device)
                 log.info("ddm: samples -> %s", path)
             except Exception as exc:  # a by-product: never fail a finished run over a picture
                 log.warning("could not write DDM samples: %r", exc)
