@@ -7,10 +7,9 @@ from ssl_bench.hookspecs import hookimpl
 
 @hookimpl
 def ssl_bench_tokenizers():
-    from ssl_bench.components.patches import PatchTokenizer
     from ssl_bench.components.tokenizers import BUILTIN_TOKENIZERS
 
-    return {"patch": PatchTokenizer, **BUILTIN_TOKENIZERS}
+    return dict(BUILTIN_TOKENIZERS)
 
 
 @hookimpl

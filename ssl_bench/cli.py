@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, help="pre-training epochs")
     run.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     run.add_argument("--config", help="an mmengine Config python file overriding the method's defaults")
-    run.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. --set train.blr=1e-3 method.mask_ratio=0.6")
+    run.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. --set train.blr=1e-3 method.corruption.mask_ratio=0.6")
     run.add_argument("--seed", type=int, help="random seed (default 0); same seed, same device -> same metrics")
     run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",

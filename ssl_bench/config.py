@@ -33,13 +33,36 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+#: method keys that hold a component spec (``dict(name=..., **options)`` or None): see
+#: ``ssl_bench.methods.parts``. Their options are checked against the component's constructor when the
+#: method is built, so new option keys are allowed under them.
+COMPONENT_SLOTS = ("tokenizer", "noise_schedule", "corruption", "target")
+
+
+def _is_open(node: Any, path: list[str]) -> bool:
+    """True for dicts that accept new keys: a component spec (a ``name`` plus the component's own
+    options, e.g. ``dataset``, ``backbone``, ``method.corruption``; not ``method`` itself), a None
+    component slot, or a lookup table whose values are all tuples/lists (``method.decoder_sizes``).
+    A component's options are checked against it when it is built."""
+    if node is None:
+        return len(path) == 2 and path[0] == "method" and path[1] in COMPONENT_SLOTS
+    if not isinstance(node, (dict, ConfigDict)) or not path or path == ["method"]:
+        return False
+    if isinstance(node.get("name"), str):
+        return True
+    return bool(node) and all(isinstance(v, (tuple, list)) for v in node.values())
+
+
 def _check_keys_exist(cfg: Config, overrides: dict[str, Any], origin: str) -> None:
-    """Catch typos: every dotted key of an override must exist in the resolved config."""
+    """Catch typos: every dotted key of an override must exist in the resolved config (keys under a
+    component spec are that component's options, checked when it is built)."""
     tree = cfg.to_dict()
     for key in overrides:
         node: Any = tree
         parts = key.split(".")
         for i, part in enumerate(parts):
+            if _is_open(node, parts[:i]):
+                break
             if not isinstance(node, (dict, ConfigDict)) or part not in node:
                 known = sorted(node.keys()) if isinstance(node, (dict, ConfigDict)) else []
                 where = ".".join(parts[:i]) or "top level"
@@ -48,6 +71,18 @@ def _check_keys_exist(cfg: Config, overrides: dict[str, Any], origin: str) -> No
                     f"known keys there: {', '.join(known)})"
                 )
             node = node[part]
+
+
+def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": leaf}; a dict value is descended into, anything else is a leaf."""
+    out: dict[str, Any] = {}
+    for k, v in dict(tree).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, ConfigDict)) and v:
+            out.update(flat_keys(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def load_config(
@@ -62,7 +97,10 @@ def load_config(
             continue
         if not Path(path).is_file():
             raise ConfigError(f"config file '{path}' does not exist ({origin})")
-        cfg.merge_from_dict(Config.fromfile(str(path)).to_dict())
+        loaded = Config.fromfile(str(path)).to_dict()
+        if origin == "--config":  # a user file is checked like --set: a misspelt key is an error
+            _check_keys_exist(cfg, flat_keys(loaded), f"--config {path}")
+        cfg.merge_from_dict(loaded)
     if cli:
         cli = {k: v for k, v in cli.items() if v is not None}
         _check_keys_exist(cfg, cli, "command-line flag")

@@ -38,5 +38,5 @@ class NonFiniteLossError(SSLBenchError):
     """Training produced NaN/inf; the last good checkpoint is kept."""
 
 
-class ConfigError(SSLBenchError):
+class ConfigError(SSLBenchError, ValueError):
     """A config value is invalid or inconsistent."""

@@ -21,6 +21,7 @@ from ssl_bench.config import config_to_json, load_config
 from ssl_bench.errors import CheckpointError, ConfigError
 from ssl_bench.eval.base import EvalResult
 from ssl_bench.eval.features import cached_features, pixel_features
+from ssl_bench.methods.parts import build_backbone
 from ssl_bench.provenance import git_commit, package_versions
 from ssl_bench.registry import Registry, get_registry
 from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
@@ -75,14 +76,6 @@ def load_dataset(cfg: Any, registry: Registry) -> Any:
             + " ".join(f"dataset.{k}=None" for k in bad)
         )
     return loader(dcfg.get("data_root"), **options)
-
-
-def build_backbone(cfg: Any, registry: Registry, info: Any) -> torch.nn.Module:
-    bcfg = cfg.backbone
-    factory = registry.get("backbone", bcfg.name)
-    overrides = {k: v for k, v in bcfg.items() if k not in ("name", "patch_size") and v is not None}
-    patch = bcfg.get("patch_size") or info.default_patch_size
-    return factory(image_size=info.image_size, patch_size=patch, in_chans=info.channels, **overrides)
 
 
 def build_method(cfg: Any, registry: Registry, info: Any) -> Method:

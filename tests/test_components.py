@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from ssl_bench.components.masking import RandomMasking
-from ssl_bench.components.patches import PatchTokenizer, patchify, unpatchify
+from ssl_bench.components.patches import patchify, unpatchify
 from ssl_bench.components.posembed import sincos_2d
-from ssl_bench.components.targets import NormalizedPixelTarget, weighted_mse
+from ssl_bench.components.targets import NormalizedPixelTarget, reconstruction_loss
+from ssl_bench.components.tokenizers import PatchTokenizer
 
 
 def test_masking_keeps_49_of_196_and_ids_restore_is_argsort_of_argsort():
@@ -76,11 +77,13 @@ def test_norm_pix_uses_unbiased_variance_and_masked_patches_only():
     mask = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.float32)
     from ssl_bench.components.base import Corrupted
 
-    target, weight = NormalizedPixelTarget(norm_pix=True)(None, patches, Corrupted(mask=mask))
+    images = unpatchify(patches, 2, 3, grid=(2, 3))  # [2, 3, 4, 6]: the target re-cuts the patches
+    target, weight = NormalizedPixelTarget(patch_size=2, norm_pix=True)(images, None, Corrupted(mask=mask))
+    assert weight is None
     m = patches.mean(-1, keepdim=True)
     v = ((patches - m) ** 2).sum(-1, keepdim=True) / (12 - 1)  # unbiased
     torch.testing.assert_close(target, (patches - m) / (v + 1e-6).sqrt())
     pred = torch.zeros_like(target)
-    loss = weighted_mse(pred, target, weight)
+    loss = reconstruction_loss(pred, target, weight, mask)
     per_patch = (target**2).mean(-1)
     torch.testing.assert_close(loss, (per_patch * mask).sum() / mask.sum())

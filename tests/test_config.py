@@ -11,11 +11,11 @@ from ssl_bench.runner import method_config
 
 def test_resolution_order(registry, tmp_path):
     user = tmp_path / "user.py"
-    user.write_text("train = dict(epochs=7, blr=2e-4)\nmethod = dict(mask_ratio=0.6)\n")
+    user.write_text("train = dict(epochs=7, blr=2e-4)\nmethod = dict(corruption=dict(mask_ratio=0.6))\n")
     cfg = method_config("mae", registry, user_config=user, cli={"train.epochs": 3}, set_items=["train.blr=1e-3"])
     assert cfg.train.epochs == 3  # flag beats file
     assert cfg.train.blr == 1e-3  # --set beats file
-    assert cfg.method.mask_ratio == 0.6  # file beats method default
+    assert cfg.method.corruption.mask_ratio == 0.6  # file beats method default
     assert cfg.train.betas == (0.9, 0.95)  # method default beats harness default
     assert cfg.dataset.name == "digits"  # harness default
 

@@ -65,7 +65,7 @@ def test_fixed_variance_keeps_single_head(tiny_cfg, var_type):
 
 
 def test_non_ddpm_rows_fall_back_and_forcing_them_is_an_error(tiny_cfg):
-    x0_row = ("method.prediction='x0'", "method.target='clean-latent'")
+    x0_row = ("method.target.name='clean-latent'",)
     m, ds, _ = _ddm(tiny_cfg, *x0_row)
     assert not m.use_diffusion and m.backbone.out_dim == m.tokenizer.latent_dim
     assert m.extra_evaluations(ds, torch.device("cpu")) == []
@@ -112,7 +112,7 @@ def test_hybrid_loss_on_the_real_model_vb_trains_only_the_variance_fact10(tiny_c
 
 
 def test_rescaled_mse_multiplies_vb_by_T_over_1000(tiny_cfg):
-    m, ds, _ = _ddm(tiny_cfg, "method.schedule.T=4000", "method.diffusion.loss_type='rescaled_mse'")
+    m, ds, _ = _ddm(tiny_cfg, "method.noise_schedule.T=4000", "method.diffusion.loss_type='rescaled_mse'")
     x0, _ = _x0(m, ds)
     t = torch.tensor([0, 3, 100, 3999] * 2)
     terms = m.diffusion.training_losses(m.model_fn(), x0, t, generator=torch.Generator().manual_seed(0))
@@ -275,7 +275,7 @@ def test_resume_with_importance_sampler_matches_uninterrupted(tiny_cfg, tmp_path
     from ssl_bench_plugins.ddm.method import DDM
 
     store = ResultsStore(tmp_path / "results.db")
-    extra = ("train.epochs=3", "method.schedule.T=25", "method.diffusion.timestep_sampler='loss-second-moment'",
+    extra = ("train.epochs=3", "method.noise_schedule.T=25", "method.diffusion.timestep_sampler='loss-second-moment'",
              "method.diffusion.sampler_history=1", "method.nll.num_images=8", "method.samples.enabled=False", "method.figures=False")
     full = run_method("ddm", tiny_cfg("ddm", *extra), store, CPU)
     ckpt = torch.load(full.run_dir / CHECKPOINT_NAME, weights_only=True)

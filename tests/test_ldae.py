@@ -14,12 +14,13 @@ from ssl_bench.components.latent_targets import (
     NoiseTarget,
     OriginalImageTarget,
     pca_direction_weights,
-    weighted_mean_sq,
 )
+from ssl_bench.components.targets import reconstruction_loss
 from ssl_bench.components.noise import AdditiveLatentNoise
 from ssl_bench.components.patches import patchify
 from ssl_bench.components.schedules import Gamma2LinearSchedule, LinearBetaSchedule, SigmaLinearSchedule
 from ssl_bench.components.tokenizers import PatchPCATokenizer
+from ssl_bench.errors import ConfigError
 from ssl_bench.registry import get_registry
 from ssl_bench.runner import build_method, load_dataset
 
@@ -42,7 +43,7 @@ def test_pca_direction_weights_1_and_0p1_fact27():
 
 def test_original_image_target_weights_and_lambda(pca):
     sched = SigmaLinearSchedule(1000)
-    target = OriginalImageTarget(sched, pca, residual_weight=0.1)
+    target = OriginalImageTarget(pca, sched, residual_weight=0.1)
     x = torch.randn(3, 3, 8, 8)
     t = torch.tensor([0, 10, 500])
     cor = Corrupted(t=t)
@@ -55,7 +56,7 @@ def test_original_image_target_weights_and_lambda(pca):
     torch.testing.assert_close(weight[:, 0, 6:].double(), 0.1 * lam[:, None].expand(3, 42), rtol=1e-6, atol=0)
     # Eq. 4 exactly: lambda_t * sum_i w_i r_i^2 with r = V_full (x0 - pred), averaged over patches/values
     pred = torch.randn(3, 4, 48)
-    loss = weighted_mean_sq(target.to_loss_space(pred), coords, weight)
+    loss = reconstruction_loss(target.to_loss_space(pred), coords, weight)
     r = (patchify(x, 4) - pred) @ pca.basis.T  # [3, 4, 48]
     w = pca_direction_weights(48, 6)
     ref = (lam.float().view(3, 1) * (r**2 * w).sum(-1)).mean() / 48
@@ -73,23 +74,22 @@ def test_other_targets_and_lambda_rules(pca):
     assert torch.equal(z_t, z0)
     torch.testing.assert_close(w.view(-1).double(), torch.tensor([1 - 101 / 1000, 1 - 901 / 1000], dtype=torch.float64))
     x = torch.randn(2, 3, 8, 8)
-    inv, _ = InverseTokenizerImageTarget(g2, pca, 4)(x, pca.encode(x), Corrupted(t=t))
+    inv, _ = InverseTokenizerImageTarget(pca, 4, g2)(x, pca.encode(x), Corrupted(t=t))
     torch.testing.assert_close(inv, pca.project(patchify(x, 4)), atol=1e-5, rtol=1e-5)  # V^T V x0 (+ mu)
 
 
 def test_additive_latent_noise(pca):
     sched = SigmaLinearSchedule(1000)
-    noise = AdditiveLatentNoise(sched, project_to_image=True, tokenizer=pca)
+    noise = AdditiveLatentNoise(sched)
     z0 = torch.randn(5, 4, 6)
     out = noise(z0, torch.Generator().manual_seed(0))
     sig = sched.sigma(out.t)
     assert torch.all(out.gamma == 1) and torch.allclose(out.sigma, sig)
     torch.testing.assert_close(out.z_t, z0 + sig.view(-1, 1, 1) * out.noise)
-    torch.testing.assert_close(out.image, pca.decode(out.z_t))
     again = noise(z0, torch.Generator().manual_seed(0))
     assert torch.equal(again.z_t, out.z_t)  # reproducible from the generator
-    with pytest.raises(ValueError, match="tokenizer"):
-        AdditiveLatentNoise(sched, project_to_image=True)
+    with pytest.raises(ValueError, match="noise schedule"):
+        AdditiveLatentNoise(None)
 
 
 def _method(tiny_cfg, name, *extra):
@@ -118,10 +118,10 @@ def _train_losses(m, ds, steps=12, lr=2e-3):
     ("ddm", ()),
     ("ddm", ("method.class_cond=True",)),
     ("ldae", ("method.tokenizer.name='patch-ae'", "method.tokenizer.steps=30")),
-    ("ldae", ("method.input_space='latent'", "method.output_space='latent'", "method.target='clean-latent'", "method.schedule.name='gamma2-linear'")),
-    ("ldae", ("method.output_space='image'", "method.target='inverse-tokenizer-image'")),
+    ("ldae", ("method.input_space='latent'", "method.target='clean-latent'", "method.noise_schedule.name='gamma2-linear'")),
+    ("ldae", ("method.target='inverse-tokenizer-image'",)),
     ("ldae", ("method.tokenizer.name='conv-vae'", "method.tokenizer.steps=20", "method.tokenizer.width=8",
-              "method.input_space='latent'", "method.output_space='latent'", "method.target=None")),
+              "method.input_space='latent'", "method.target='noise'")),
 ])
 def test_training_step_finite_and_decreasing(tiny_cfg, name, extra):
     torch.manual_seed(0)
@@ -137,13 +137,13 @@ def test_training_step_finite_and_decreasing(tiny_cfg, name, extra):
 def test_ldae_defaults_and_fresh_prediction_is_zero(tiny_cfg):
     m, ds = _method(tiny_cfg, "ldae")
     assert isinstance(m.tokenizer, PatchPCATokenizer) and m.tokenizer.latent_dim == 2  # 2x2x1 digits patches
-    assert m.schedule.name == "sigma-linear" and m.input_space == m.output_space == "image"
+    assert m.noise_schedule.name == "sigma-linear" and m.input_space == m.target.output_space == "image"
     assert m.backbone.encoder_depth == 2 and m.backbone.decoder_depth == 2  # tiny backbone depth 2 -> 2 + 2
     images, labels = next(iter(ds.train.batches(8)))
-    x = m.preprocess_train(images, torch.Generator().manual_seed(0))
+    x = m.augment(images, torch.Generator().manual_seed(0))
     z0 = m.tokenizer.encode(x)
     noisy = m.corruption(z0, torch.Generator().manual_seed(0))
-    assert torch.equal(m.predict(noisy), torch.zeros(8, 16, 4))  # fact 13 inside the method
+    assert torch.equal(m.predict(m.network_input(noisy.z_t), noisy), torch.zeros(8, 16, 4))  # DiT zero-init inside the method
     # probe: clean image at t = 10 through the encoder half
     m.eval()
     f = m.probe_features(torch.randn(2, 1, 8, 8))
@@ -152,8 +152,8 @@ def test_ldae_defaults_and_fresh_prediction_is_zero(tiny_cfg):
 
 
 def test_config_mismatch_is_a_clear_error(tiny_cfg):
-    with pytest.raises(ValueError, match="target 'noise' needs prediction='eps'"):
-        _method(tiny_cfg, "ldae", "method.target='noise'")
+    with pytest.raises(ConfigError, match=r"target 'noise' predicts 4 latent tokens per image with tokenizer 'conv-vae'.*16 tokens \(image input\)"):
+        _method(tiny_cfg, "ldae", "method.target='noise'", "method.tokenizer.name='conv-vae'", "method.tokenizer.num_down=1")
 
 
 def test_checkpoint_round_trip_restores_pca(tiny_cfg):
@@ -170,7 +170,7 @@ def test_checkpoint_round_trip_restores_pca(tiny_cfg):
 
 
 def test_figures_and_pca_basis_written(tiny_cfg, tmp_path):
-    from ssl_bench_plugins.ldae.figures import write_figures
+    from ssl_bench.methods.denoising_figures import write_figures
 
     m, ds = _method(tiny_cfg, "ldae")
     m.eval()

@@ -11,7 +11,7 @@ from ssl_bench.components.tokenizers import (
     PatchAETokenizer,
     PatchPCATokenizer,
     PatchVAETokenizer,
-    PixelTokenizer,
+    PatchTokenizer,
     default_latent_dim,
 )
 
@@ -126,7 +126,7 @@ def test_conv_vae_stride_scales_with_image_size():
 
 
 def test_pixel_tokenizer_is_identity():
-    tok = PixelTokenizer(2, 3)
+    tok = PatchTokenizer(2, 3)
     x = torch.randn(2, 3, 8, 8)
     assert tok.latent_dim == 12 and not tok.needs_fit
     assert torch.equal(tok.decode(tok.encode(x)), x)

@@ -5,11 +5,10 @@ dataset = dict(name="imagenet-1k", data_root=None, image_size=224, num_workers=1
 backbone = dict(name="vit-b", patch_size=16)
 
 method = dict(
-    mask_ratio=0.75,
-    norm_pix_loss=True,
+    corruption=dict(name="random-masking", mask_ratio=0.75),
+    target=dict(name="norm-pix", norm_pix=True),  # --norm_pix_loss
     decoder=dict(embed_dim=512, depth=8, num_heads=16),
-    crop_scale=(0.2, 1.0),
-    flip_p=0.5,
+    augment=dict(crop_scale=(0.2, 1.0), flip_p=0.5),  # RandomResizedCrop(224, scale=(0.2, 1)) + flip
     probe_pool="cls",  # MAE's linear probe uses the cls token after the final norm (--cls_token)
 )
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ssl_bench.components.tokenizers import PixelTokenizer
+from ssl_bench.components.tokenizers import PatchTokenizer
 from ssl_bench.diffusion import GaussianDiffusion, mean_flat
 from ssl_bench.eval.base import EvalResult
 
@@ -50,7 +50,7 @@ __all__ = ["nll_space", "nll_timesteps", "gaussian_nll_bpd", "interpolation_brac
 def nll_space(method: Any) -> str:
     """"pixel" when the diffusion's data are the 8-bit pixels in [-1, 1] (discretised decoder exact),
     else "latent" (continuous decoder, bits per latent dim)."""
-    pixel = isinstance(method.tokenizer, PixelTokenizer) and method.image_norm == "minus1_1"
+    pixel = isinstance(method.tokenizer, PatchTokenizer) and method.image_norm == "minus1_1"
     return "pixel" if pixel else "latent"
 
 

@@ -1,7 +1,9 @@
 """DiT DDM (Peebles & Xie 2023) as the start of the l-DAE deconstruction, trained as a real Improved
 DDPM (Nichol & Dhariwal 2021): eps prediction, DDPM linear betas, T = 1000, learned-range variance
 (the DiT's output channels doubled) and the hybrid loss L_simple + (T/1000) L_vb, where the VLB term
-sees a detached mean and so only trains the variance (METHODS.md §4.6, §4.7, §5.3-§5.5, facts 9-11, 16).
+sees a detached mean and so only trains the variance (Nichol & Dhariwal 2021, §3.1 Eq. 16, §3.3;
+openai/improved-diffusion gaussian_diffusion.py ``training_losses``, resample.py; DiT's models.py
+``learn_sigma``).
 
 Data layout. The diffusion's "image" is the tokenizer latent laid out as an image, channels in dim 1:
 ``x0 = latent_image(tokenizer.encode(x))``, i.e. latent tokens [B, L, d] -> [B, d, h, w] for the
@@ -10,10 +12,10 @@ patch-wise tokenizers (patch PCA by default; h = w = sqrt(L)) and the conv-VAE f
 unpatchified with 2C channels, so channels 0..C-1 are eps and C..2C-1 the variance value v, exactly
 DiT's layout.
 
-Everything else (tokenizer fitting, preprocessing, the probe at t = 10, figures) is the shared
-``DenoisingMethod``. The deconstruction rows that leave the DDPM family (x0 prediction, image space,
-sigma schedules, ...) cannot be written as a ``GaussianDiffusion``; with ``method.diffusion.enabled =
-"auto"`` (default) they fall back to ``DenoisingMethod``'s objective, unchanged, and get no NLL.
+Everything else (the parts, tokenizer fitting, preprocessing, the probe at t = 10, figures) is the
+core ``DenoisingMethod``. Configs that leave the DDPM family (x0 targets, image space, sigma schedules,
+masking, ...) cannot be written as a ``GaussianDiffusion``; with ``method.diffusion.enabled = "auto"``
+(default) they fall back to the reconstruction pipeline's objective, unchanged, and get no NLL.
 
 Evaluation (``extra_evaluations``): test NLL in bits/dim (metric ``nll_bpd``, evaluator ``nll``; see
 plugins/ddm/likelihood.py for what the number means with a latent vs the pixel tokenizer) and a sample
@@ -32,7 +34,9 @@ from torch import Tensor
 
 from ssl_bench.components.base import StepOutput
 from ssl_bench.components.dit import FinalLayer
-from ssl_bench.components.patches import patchify, unpatchify
+from ssl_bench.components.latent_targets import NoiseTarget
+from ssl_bench.components.noise import AdditiveLatentNoise
+from ssl_bench.components.patches import unpatchify
 from ssl_bench.diffusion import (
     GaussianDiffusion,
     LossSecondMomentSampler,
@@ -43,19 +47,20 @@ from ssl_bench.diffusion import (
     ddpm_sample_loop,
 )
 from ssl_bench.diffusion.gaussian import randn_like
+from ssl_bench.errors import ConfigError
 from ssl_bench.eval.base import EvalResult
+from ssl_bench.methods.denoising import DenoisingMethod
 from ssl_bench_plugins.ddm.likelihood import evaluate_nll, nll_space, nll_timesteps
 from ssl_bench_plugins.ddm.samples import respaced_for_sampling, save_png
-from ssl_bench_plugins.ldae.method import DenoisingMethod
 
 log = logging.getLogger("ssl_bench")
 
 class DDM(DenoisingMethod):
     default_config = Path(__file__).parent / "default_config.py"
 
-    def __init__(self, cfg: Any, backbone: Any, info: Any):
-        super().__init__(cfg, backbone, info)
-        m = cfg.method
+    def build_network(self) -> None:
+        super().build_network()
+        m = self.cfg.method
         dcfg = dict(m.get("diffusion") or {})
         self.nll_cfg = dict(m.get("nll") or {})
         self.samples_cfg = dict(m.get("samples") or {})
@@ -63,7 +68,7 @@ class DDM(DenoisingMethod):
         self.diffusion: GaussianDiffusion | None = None
         self.timestep_sampler = None
         self.sampler_name = "uniform"
-        self.out_channels = self.tok_channels  # C of the diffusion's image [B, C, h, w], x2 with learned sigma
+        self.out_channels = self.latent_channels  # C of the diffusion's image [B, C, h, w], x2 with learned sigma
         if not self.use_diffusion:
             log.info("ddm: config is outside the DDPM family (%s); using the DenoisingMethod objective, no NLL", self._why_not)
             return
@@ -71,13 +76,13 @@ class DDM(DenoisingMethod):
         loss_type = dcfg.get("loss_type") or "mse"
         # same float64 betas as the schedule the probe / figures use, so both views agree exactly
         try:
-            self.diffusion = GaussianDiffusion(self.schedule.betas(), "eps", var_type, loss_type)
+            self.diffusion = GaussianDiffusion(self.noise_schedule.betas(), "eps", var_type, loss_type)
         except ValueError as exc:  # GaussianDiffusion validates; name the config keys
-            raise ValueError(f"method.diffusion (var_type / loss_type): {exc}") from None
+            raise ConfigError(f"method.diffusion (var_type / loss_type): {exc}") from None
         if self.diffusion.learn_sigma:
             # learn_sigma: out_channels = 2 * in_channels (fact 16); DiT init zeroes the new head too,
             # so a fresh model still outputs exactly 0 (eps = 0, v = 0: geometric-mean variance)
-            self.out_channels = 2 * self.tok_channels
+            self.out_channels = 2 * self.latent_channels
             head = FinalLayer(self.backbone.embed_dim, 2 * self.backbone.out_dim)
             for lin in (head.adaLN_modulation[-1], head.linear):
                 torch.nn.init.zeros_(lin.weight)
@@ -95,30 +100,29 @@ class DDM(DenoisingMethod):
     # ------------------------------------------------------------------------------------------
 
     def _diffusion_applies(self, enabled: Any) -> bool:
-        """IDDPM objective iff asked for and the config *is* a DDPM: eps prediction of the latent
-        noise, latent in and out, a beta schedule. ``enabled=True`` makes a mismatch an error."""
+        """IDDPM objective iff asked for and the config *is* a DDPM: additive latent noise, eps
+        prediction of it (the noise target), latent in and out, a beta schedule. ``enabled=True``
+        makes a mismatch an error."""
         reasons = []
-        if self.prediction != "eps" or self.target_kind != "noise":
-            reasons.append(f"prediction={self.prediction}, target={self.target_kind}")
-        if self.input_space != "latent" or self.output_space != "latent":
-            reasons.append(f"input/output space {self.input_space}/{self.output_space}")
-        if not hasattr(self.schedule, "betas"):
-            reasons.append(f"schedule {self.schedule.name} has no betas")
+        if not isinstance(self.corruption, AdditiveLatentNoise):
+            reasons.append(f"corruption {self.specs['corruption']['name']}")
+        if not isinstance(self.target, NoiseTarget):
+            reasons.append(f"target {self.specs['target']['name']}")
+        if self.input_space != "latent" or self.target.output_space != "latent":
+            reasons.append(f"input/output space {self.input_space}/{self.target.output_space}")
+        if self.noise_schedule is None or not hasattr(self.noise_schedule, "betas"):
+            reasons.append(f"noise schedule {getattr(self.noise_schedule, 'name', None)} has no betas")
         self._why_not = "; ".join(reasons)
         if enabled in (False, "false", "off", 0):
             self._why_not = "method.diffusion.enabled=False"
             return False
         if reasons and enabled is True:
-            raise ValueError(f"method.diffusion.enabled=True needs a DDPM config (eps, noise target, latent in/out, beta schedule): {self._why_not}")
+            raise ConfigError(f"method.diffusion.enabled=True needs a DDPM config (eps, noise target, latent in/out, beta schedule): {self._why_not}")
         return not reasons
 
     # ------------------------------------------------------------------------------------------
     # the network as a diffusion model_fn
     # ------------------------------------------------------------------------------------------
-
-    def tokens_from_diffusion_image(self, x: Tensor) -> Tensor:
-        """Inverse of ``latent_image`` (the diffusion's data is the latent laid out as an image): [B, C, h, w] -> [B, L, d] for the tokenizer's decoder."""
-        return patchify(x, self.tok_patch)
 
     def model_fn(self, generator: torch.Generator | None = None):
         """(x_t [B, C, h, w], t [B], y [B] or None) -> [B, C or 2C, h, w] float32 for GaussianDiffusion.
@@ -129,7 +133,7 @@ class DDM(DenoisingMethod):
 
         def fn(x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
             out = self.backbone(x_t, t, y if self.class_cond else None, generator)  # [B, L, p*p*C']
-            return unpatchify(out.float(), self.tok_patch, self.out_channels)
+            return unpatchify(out.float(), self.latent_patch, self.out_channels)
 
         return fn
 
@@ -159,7 +163,7 @@ class DDM(DenoisingMethod):
     def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
         if not self.use_diffusion:
             return super().training_step(images, labels, generator)
-        x = self.preprocess_train(images, generator)  # [B, C_img, H, W]
+        x = self.augment(images, generator)  # [B, C_img, H, W]
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             x0 = self.latent_image(self.tokenizer.encode(x))  # [B, C, h, w] float32
         t, weights = self.sample_timesteps(x0.shape[0], generator, x0.device)  # [B], [B]
@@ -204,7 +208,7 @@ class DDM(DenoisingMethod):
         t = (t.expand(x.shape[0]) if t.ndim == 0 else t).long()
         x_t = self.diffusion.q_sample(x0, t, generator=generator)
         p = self.diffusion.p_mean_variance(self.model_fn(), x_t, t)
-        decode = lambda v: self.tokenizer.decode(self.tokens_from_diffusion_image(v))  # noqa: E731
+        decode = lambda v: self.tokenizer.decode(self.tokens_from_latent_image(v))  # noqa: E731
         return decode(x_t), decode(p.pred_xstart)
 
     # ------------------------------------------------------------------------------------------
@@ -246,8 +250,8 @@ class DDM(DenoisingMethod):
         return evaluate_nll(self.diffusion, self.model_fn(), batches, space, steps, int(c.get("seed", 0)), protocol)
 
     def diffusion_image_desc(self) -> str:
-        size = self._latent_grid() * self.tok_patch
-        return f"diffusion data [B, {self.tok_channels}, {size}, {size}] = tokenizer latent laid out as an image"
+        size, _, channels = self.network_input_geometry()
+        return f"diffusion data [B, {channels}, {size}, {size}] = tokenizer latent laid out as an image"
 
     @torch.no_grad()
     def sample_images(
@@ -273,8 +277,8 @@ class DDM(DenoisingMethod):
         self.eval()
         try:
             diff = respaced_for_sampling(self.diffusion, steps, sampler)
-            size = self._latent_grid() * self.tok_patch
-            shape = (int(num), self.tok_channels, size, size)
+            size, _, channels = self.network_input_geometry()
+            shape = (int(num), channels, size, size)
             gen = torch.Generator(device=device).manual_seed(int(seed))
             fn = self.model_fn()
             kwargs: dict[str, Any] = {}
@@ -288,7 +292,7 @@ class DDM(DenoisingMethod):
                 x0 = ddim_sample_loop(diff, fn, shape, eta=eta, clip_denoised=clip, model_kwargs=kwargs, generator=gen, device=device)
             else:
                 x0 = ddpm_sample_loop(diff, fn, shape, clip_denoised=clip, model_kwargs=kwargs, generator=gen, device=device)
-            images = self.tokenizer.decode(self.tokens_from_diffusion_image(x0))  # method pixel space
+            images = self.tokenizer.decode(self.tokens_from_latent_image(x0))  # method pixel space
             return self.to_display(images)
         finally:
             self.train(was_training)
@@ -298,7 +302,7 @@ class DDM(DenoisingMethod):
         c = {k: v for k, v in self.samples_cfg.items() if k != "enabled" and v is not None}
         c.update({k: v for k, v in kwargs.items() if v is not None})
         if path is None:
-            run_dir = self.find_run_dir()
+            run_dir = None if self.run_dir is None else Path(self.run_dir)
             if run_dir is None:
                 raise ValueError("no run directory known: pass a path for the sample grid")
             path = Path(run_dir) / "samples.png"
@@ -316,7 +320,7 @@ class DDM(DenoisingMethod):
             res = self.evaluate_nll(dataset.test, device)
             log.info("ddm: test NLL %.4f +- %.4f bits/dim (%s space, %s)", res.metrics["nll_bpd"], res.metrics["nll_bpd_stderr"], res.protocol["space"], res.protocol["timesteps"])
             out.append(("nll", res))
-        run_dir = self.find_run_dir()
+        run_dir = None if self.run_dir is None else Path(self.run_dir)
         if self.samples_cfg.get("enabled", True) and run_dir is not None:
             try:
                 path = self.write_samples(run_dir / "samples.png", device=device)

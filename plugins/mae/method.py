@@ -1,6 +1,12 @@
-"""MAE (He et al. 2022): mask 75% of patches, encode the visible ones, decode all, regress the
-normalised pixels of the removed patches. Built from shared components: patch tokenizer, random
-masking, normalised-pixel target, and an unmodified timm ViT encoder."""
+"""MAE (He et al. 2022, "Masked Autoencoders Are Scalable Vision Learners"): mask 75% of patches,
+encode the visible ones, decode all, regress the normalised pixels of the removed patches.
+
+A recipe over the core reconstruction pipeline (``ssl_bench.methods.reconstruction``): the parts
+(identity patch tokenizer, random masking, normalised-pixel target) come from ``default_config.py``
+by name, so ``--set method.corruption.name=additive-latent-noise`` (a classical DAE under MAE's
+encoder/decoder) or ``method.tokenizer.name=patch-pca`` (MAE on PCA tokens) just work. What is MAE's
+own is the network: an unmodified timm ViT encoder on the visible tokens and the MAE decoder
+(facebookresearch/mae models_mae.py), with MAE's initialisation."""
 
 from __future__ import annotations
 
@@ -12,13 +18,10 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from ssl_bench.components.backbones import ViTBackbone
-from ssl_bench.components.base import Method, StepOutput
-from ssl_bench.components.masking import RandomMasking
-from ssl_bench.components.patches import PatchTokenizer
+from ssl_bench.components.base import Corrupted
 from ssl_bench.components.posembed import sincos_2d
-from ssl_bench.components.targets import NormalizedPixelTarget, weighted_mse
-from ssl_bench.data.augment import CropFlipAugment
+from ssl_bench.methods.parts import build_backbone
+from ssl_bench.methods.reconstruction import ReconstructionMethod
 
 
 def decoder_size(cfg: Any, backbone_name: str, embed_dim: int) -> tuple[int, int, int]:
@@ -74,41 +77,41 @@ def mae_init_(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class MAE(Method):
+class MAE(ReconstructionMethod):
     default_config = Path(__file__).parent / "default_config.py"
 
-    def __init__(self, cfg: Any, backbone: ViTBackbone, info: Any):
-        super().__init__(cfg, backbone, info)
-        mcfg = cfg.method
-        p, c = backbone.patch_size, info.channels
-        self.tokenizer = PatchTokenizer(p, c)
-        self.corruption = RandomMasking(mcfg.mask_ratio)
-        self.target = NormalizedPixelTarget(norm_pix=mcfg.norm_pix_loss)
-        width, depth, heads = decoder_size(mcfg, backbone.name, backbone.embed_dim)
-        self.decoder = MAEDecoder(backbone.embed_dim, width, depth, heads, backbone.num_patches, p * p * c)
-        self.augment = CropFlipAugment(size=info.image_size, scale=tuple(mcfg.crop_scale), flip_p=mcfg.flip_p)
-        self.probe_pool = mcfg.probe_pool
-        mae_init_(self)
+    def build_network(self) -> None:
+        if self.input_space == "latent":  # the encoder reads the latent image: same ViT size, latent geometry
+            from ssl_bench.registry import get_registry
+
+            size, patch, chans = self.network_input_geometry()
+            self.backbone = build_backbone(self.cfg, get_registry(), self.info, image_size=size, patch_size=patch, in_chans=chans)
+        backbone = self.backbone
+        width, depth, heads = decoder_size(self.cfg.method, backbone.name, backbone.embed_dim)
+        self.decoder = MAEDecoder(backbone.embed_dim, width, depth, heads, backbone.num_patches, self.output_dim)
+        self.probe_pool = self.cfg.method.get("probe_pool", "cls")
+        mae_init_(backbone)
+        mae_init_(self.decoder)
         w = backbone.vit.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(backbone.vit.cls_token, std=0.02)
         nn.init.normal_(self.decoder.mask_token, std=0.02)
 
-    def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
-        x = self.augment(images, self.info.mean, self.info.std, generator)  # [N, C, H, W] float
-        patches = self.tokenizer.encode(x)  # [N, L, p*p*C]
-        corrupted = self.corruption(patches, generator)
-        latent = self.backbone.encode(x, ids_keep=corrupted.ids_keep)  # [N, 1+L_keep, D]
-        pred = self.decoder(latent, corrupted.ids_restore)  # [N, L, p*p*C]
-        target, weight = self.target(x, patches, corrupted)
-        loss = weighted_mse(pred, target, weight)
-        return StepOutput(loss, {"loss": loss.detach()})
+    def predict(self, net_input: Tensor, corrupted: Corrupted, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """Encode the visible tokens (all of them without masking), decode every position -> [N, L, P]."""
+        latent = self.backbone.encode(net_input, ids_keep=corrupted.ids_keep)  # [N, 1+L_keep, D]
+        ids_restore = corrupted.ids_restore
+        if ids_restore is None:  # nothing removed (e.g. additive noise): tokens are in order
+            n = net_input.shape[0]
+            ids_restore = torch.arange(self.backbone.num_patches, device=net_input.device).expand(n, -1)
+        return self.decoder(latent, ids_restore)  # [N, L, P]
 
-    @torch.no_grad()
-    def probe_features(self, images: Tensor) -> Tensor:
-        return self.backbone.features(images, pool=self.probe_pool)
+    def features(self, net_input: Tensor) -> Tensor:
+        return self.backbone.features(net_input, pool=self.probe_pool)
 
     def probe_protocol(self) -> dict[str, Any]:
-        return {"feature": f"encoder {self.probe_pool} token after final norm", "input": "clean, no augmentation"}
-
-
+        return {
+            **super().probe_protocol(),
+            "feature": f"encoder {self.probe_pool} token after final norm",
+            "input": f"clean, no augmentation ({self.input_space} space)",
+        }

@@ -1,7 +1,22 @@
-"""Component interfaces. A reconstruction method is tokenizer -> corruption -> backbone -> target.
+"""Component interfaces. A reconstruction method is tokenizer -> corruption -> network -> target
+(``ssl_bench/methods/reconstruction.py`` owns that pipeline; every part is built by name from the
+registry, so a third-party part is as usable as a built-in one).
 
 These are typed base classes rather than Protocols so that a plugin author gets a clear error when a
 required method is missing, and so that components can hold buffers (PCA bases) as `nn.Module`s.
+
+Constructors. The pipeline calls each part's registered factory with the user's options from the
+method config (``method.<part> = dict(name=..., **options)``) plus, *only if the constructor names
+them*, these keywords:
+
+=============  ===========================================================================
+kind           keywords the pipeline passes when the constructor takes them
+=============  ===========================================================================
+tokenizer      ``image_size``, ``patch_size`` (the network's pixel patch), ``channels``
+noise-schedule (none: options only, e.g. ``T``)
+corruption     ``schedule`` (the built ``NoiseSchedule``, or None when none is configured)
+target         ``schedule``, ``tokenizer``, ``patch_size``, ``channels``
+=============  ===========================================================================
 """
 
 from __future__ import annotations
@@ -33,10 +48,18 @@ class Corrupted:
 
 
 class Tokenizer(nn.Module, ABC):
-    """Maps images [N, C, H, W] to per-patch latents [N, L, d] and back."""
+    """Maps images [N, C, H, W] to per-patch latents [N, L, d] and back.
+
+    ``patch_size`` is the pixel side of one token; ``latent_patch`` / ``latent_channels`` say how the
+    tokens are laid out as a "latent image" for a network that patch-embeds its input
+    (``[N, latent_channels, h * latent_patch, w * latent_patch]``): 1 / d for patch-wise tokenizers,
+    2 / c for a conv VAE tokenised in 2x2 latent patches (as DiT-L/2). ``latent_channels`` defaults
+    to ``latent_dim`` when a tokenizer does not set it.
+    """
 
     latent_dim: int
     patch_size: int
+    latent_patch: int = 1
     needs_fit: ClassVar[bool] = False
 
     def fit(self, images: Tensor, generator: torch.Generator | None = None) -> None:
@@ -52,7 +75,16 @@ class Tokenizer(nn.Module, ABC):
 
 
 class Corruption(nn.Module, ABC):
-    """Corrupts latent tokens; randomness comes only from the given generator (reproducible runs)."""
+    """Corrupts latent tokens; randomness comes only from the given generator (reproducible runs).
+
+    ``produces`` names what a corruption records in ``Corrupted`` (``"mask"`` for token removal,
+    ``"t"`` / ``"noise"`` for additive noise); targets declare what they need, and the pipeline refuses
+    a combination that cannot work before anything trains. ``needs_schedule``: the corruption takes
+    the method's ``noise_schedule`` (its ``schedule`` constructor keyword must then not be None).
+    """
+
+    produces: ClassVar[frozenset[str]] = frozenset()
+    needs_schedule: ClassVar[bool] = False
 
     @abstractmethod
     def forward(self, z0: Tensor, generator: torch.Generator | None = None) -> Corrupted:
@@ -60,11 +92,33 @@ class Corruption(nn.Module, ABC):
 
 
 class Target(nn.Module, ABC):
-    """Builds the regression target and per-element weights for the loss."""
+    """Builds the regression target and per-element weights for the loss.
+
+    ``output_space``: what the network must predict per token: ``"latent"`` (d values, the tokenizer's
+    latent) or ``"image"`` (the p x p x C pixels of the token's patch). ``requires``: what the
+    corruption must record (e.g. ``{"noise"}``). ``masked_only``: with a corruption that removes
+    tokens, the loss counts only the removed tokens (MAE); with additive noise every token is
+    corrupted, so every token counts. ``raw_pixels``: the target is in raw (un-normalised) pixel
+    values, so the pipeline parametrises the prediction as the tokenizer's mean patch plus the
+    network output (a fixed offset; see ``ReconstructionMethod``).
+    """
+
+    output_space: ClassVar[str] = "latent"
+    requires: ClassVar[frozenset[str]] = frozenset()
+    masked_only: bool = True
+    raw_pixels: bool = False
 
     @abstractmethod
-    def forward(self, images: Tensor, z0: Tensor, corrupted: Corrupted) -> tuple[Tensor, Tensor]:
-        """Returns (target [N, L, P], weight broadcastable to [N, L, P])."""
+    def forward(self, images: Tensor, z0: Tensor, corrupted: Corrupted) -> tuple[Tensor, Tensor | None]:
+        """Returns (target [N, L, P], weight broadcastable to [N, L, P], or None for 1)."""
+
+    def to_loss_space(self, pred: Tensor) -> Tensor:
+        """Map the prediction into the space the target lives in (identity unless rotated)."""
+        return pred
+
+    def incompatibility(self, tokenizer: Tokenizer) -> str | None:
+        """Why this target cannot work with ``tokenizer`` (None if it can)."""
+        return None
 
 
 class Backbone(nn.Module, ABC):
@@ -123,6 +177,10 @@ class Method(nn.Module, ABC):
     def probe_protocol(self) -> dict[str, Any]:
         """How `probe_features` is computed, stored beside every metric."""
         return {}
+
+    #: True when the method's own untrained network (not the plain backbone the runner builds) is the
+    #: honest random-init baseline, e.g. a denoising method probed through a t-conditioned DiT.
+    own_random_init: ClassVar[bool] = False
 
     def prepare(self, train_split: Any, generator: torch.Generator) -> None:
         """Called once before training (not on resume) with the train split, e.g. to fit PCA bases.

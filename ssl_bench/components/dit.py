@@ -178,6 +178,7 @@ class DiTBackbone(Backbone):
         class_dropout_prob: float = 0.1,
         freq_dim: int = FREQ_DIM,
         name: str = "dit",
+        masked: bool = False,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -208,6 +209,12 @@ class DiTBackbone(Backbone):
         )
         self.final_layer = FinalLayer(embed_dim, out_dim)
         self.initialize_weights()
+        # Masked input (a masking corruption): the encoder half sees only the visible tokens and the
+        # decoder half gets a learned mask token (+ its fixed position) at every removed position,
+        # as MAE's decoder (He et al. 2022, §3; N(0, 0.02) init as facebookresearch/mae).
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if masked else None
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def initialize_weights(self) -> None:
         """DiT's init: xavier Linears with zero bias, patch conv as a Linear, t-MLP N(0, .02), then
@@ -289,6 +296,15 @@ class DiTBackbone(Backbone):
             h = blk(h, c)
         return h
 
+    def unmask(self, h: Tensor, ids_keep: Tensor) -> Tensor:
+        """Visible tokens [N, L_keep, D] -> the full grid [N, L, D]: removed positions get the mask
+        token plus their fixed position embedding."""
+        if self.mask_token is None:
+            raise ValueError(f"{self.name} was built without a mask token; build it with masked=True for a masking corruption")
+        n, d = h.shape[0], h.shape[-1]
+        full = (self.mask_token + self.pos_embed).to(h.dtype).expand(n, -1, -1).clone()  # [N, L, D]
+        return full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, d), h)
+
     # -- public API ----------------------------------------------------------------------------
 
     def forward(
@@ -298,10 +314,21 @@ class DiTBackbone(Backbone):
         y: Tensor | None = None,
         generator: torch.Generator | None = None,
         force_drop_ids: Tensor | None = None,
+        ids_keep: Tensor | None = None,
     ) -> Tensor:
-        """x [N, C, H, W], t [N] -> per-token prediction [N, L, out_dim] (token layout of patchify)."""
+        """x [N, C, H, W], t [N] -> per-token prediction [N, L, out_dim] (token layout of patchify).
+
+        ``ids_keep`` [N, L_keep] (masking): the encoder half runs on those tokens only, the decoder
+        half on the full grid with mask tokens filled in.
+        """
         c = self.condition(t, x.shape[0], y, generator, force_drop_ids)
-        h = self.run_blocks(self.embed(x), c)  # [N, L, D]
+        h = self.embed(x)  # [N, L, D]
+        if ids_keep is None:
+            h = self.run_blocks(h, c)
+        else:
+            h = torch.gather(h, 1, ids_keep.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # [N, L_keep, D]
+            h = self.run_blocks(h, c, 0, self.encoder_depth)
+            h = self.run_blocks(self.unmask(h, ids_keep), c, self.encoder_depth, None)  # [N, L, D]
         return self.final_layer(h, c)
 
     def encode(

@@ -1,32 +1,24 @@
-"""Regression targets of the l-DAE deconstruction (METHODS.md §1.6, Eqs. 2-4; fact 27).
+"""Regression targets of the l-DAE deconstruction (Chen et al. 2024, §4.3, Eqs. 2-4).
 
 Each target returns ``(target, weight)`` with the noise-level weight lambda_t already folded into
 ``weight`` (``schedule.loss_weight(t, prediction)``: 1 for eps, gamma^2/(gamma^2+sigma^2) for x0,
-which is l-DAE's gamma_t^2 on VP schedules and 1/(1+sigma_t^2) on gamma = 1 schedules).
+which is l-DAE's gamma_t^2 on variance-preserving schedules and 1/(1+sigma_t^2) on gamma = 1
+schedules). A corruption without noise levels (masking) gives lambda = 1.
 
-Some targets live in a rotated space (the full PCA basis of the original-image loss): the method
-passes its prediction through ``target.to_loss_space`` before the loss. Reduction: ``weighted_mean_sq``
-= plain mean over batch, tokens and values of weight * (pred - target)^2. Unlike
-``targets.weighted_mse`` it does *not* divide by the sum of the weights: that self-normalisation
-would rescale every batch by its average lambda_t, whereas Eq. 4 is a plain mean of lambda_t-weighted
-errors. Mean over values (not the sum of Eq. 4) only changes a constant factor.
+Some targets live in a rotated space (the full PCA basis of the original-image loss): the pipeline
+passes its prediction through ``target.to_loss_space`` before ``targets.reconstruction_loss``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from ssl_bench.components.base import Corrupted, Target
+from ssl_bench.components.base import Corrupted, Target, Tokenizer
 from ssl_bench.components.patches import patchify
 from ssl_bench.components.schedules import NoiseSchedule
-
-
-def weighted_mean_sq(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """mean(weight * (pred - target)^2); weight broadcastable to pred [N, L, P] -> scalar."""
-    return ((pred - target) ** 2 * weight).mean()
 
 
 def pca_direction_weights(D: int, d: int, residual_weight: float = 0.1) -> Tensor:
@@ -41,29 +33,27 @@ def pca_direction_weights(D: int, d: int, residual_weight: float = 0.1) -> Tenso
 class _LambdaTarget(Target):
     """Shares lambda_t = schedule.loss_weight(t, prediction) as a [N, 1, 1] weight."""
 
-    prediction: Literal["eps", "x0"] = "x0"
+    prediction: ClassVar[Literal["eps", "x0"]] = "x0"
 
-    def __init__(self, schedule: NoiseSchedule):
+    def __init__(self, schedule: NoiseSchedule | None = None, masked_only: bool = True):
         super().__init__()
         self.schedule = schedule
+        self.masked_only = masked_only
 
     def lam(self, corrupted: Corrupted, like: Tensor) -> Tensor:
-        if corrupted.t is None:
-            raise ValueError(f"{type(self).__name__} needs an additive-noise corruption (t is missing)")
+        """[N, 1, 1]: lambda_t, or 1 when the corruption has no noise level (masking)."""
+        if corrupted.t is None or self.schedule is None:
+            return like.new_ones(like.shape[0], 1, 1)
         return self.schedule.loss_weight(corrupted.t, self.prediction, like.dtype).to(like.device).view(-1, 1, 1)
-
-    def to_loss_space(self, pred: Tensor) -> Tensor:
-        return pred
 
 
 class NoiseTarget(_LambdaTarget):
     """eps-prediction (DDPM L_simple, Eq. 2): target = the eps that was added, lambda_t = 1."""
 
     prediction = "eps"
+    requires: ClassVar[frozenset[str]] = frozenset({"noise"})
 
     def forward(self, images: Tensor, z0: Tensor, corrupted: Corrupted) -> tuple[Tensor, Tensor]:
-        if corrupted.noise is None:
-            raise ValueError("NoiseTarget needs the added noise in Corrupted.noise")
         return corrupted.noise, self.lam(corrupted, z0)
 
 
@@ -75,11 +65,14 @@ class CleanLatentTarget(_LambdaTarget):
 
 
 class InverseTokenizerImageTarget(_LambdaTarget):
-    """Image output via the inverse tokenizer (Table 3 row 4): target = patches of g(f(x0)),
-    e.g. mu + V^T V (x0 - mu) for PCA, in the network's output patch layout (patch ``patch_size``)."""
+    """Image output via the inverse tokenizer (Table 3 "operate on image output"): target = the
+    patches of g(f(x0)), e.g. mu + V^T V (x0 - mu) for PCA, in the network's patch layout."""
 
-    def __init__(self, schedule: NoiseSchedule, tokenizer: torch.nn.Module, patch_size: int):
-        super().__init__(schedule)
+    output_space: ClassVar[str] = "image"
+    raw_pixels = True
+
+    def __init__(self, tokenizer: Tokenizer, patch_size: int, schedule: NoiseSchedule | None = None, masked_only: bool = True):
+        super().__init__(schedule, masked_only)
         self._tokenizer = [tokenizer]  # owned by the method, kept out of this module's state_dict
         self.patch_size = patch_size
 
@@ -95,20 +88,26 @@ class OriginalImageTarget(_LambdaTarget):
     directions and ``residual_weight`` (0.1) on the remaining D - d. Implemented as a target in
     rotated coordinates: target = B (x0 - mu), ``to_loss_space(pred)`` = B (pred - mu), weight =
     lambda_t * w; mu cancels. ``residual_weight = 1`` is plain pixel MSE (B is orthonormal).
+    Needs a patch-wise tokenizer with a full basis whose patch is the network's.
     """
 
-    def __init__(self, schedule: NoiseSchedule, tokenizer: torch.nn.Module, residual_weight: float = 0.1):
-        super().__init__(schedule)
-        if not hasattr(tokenizer, "full_basis"):
-            raise ValueError(
-                f"the original-image target needs a patch-wise tokenizer with a full basis (patch-pca, patch-ae, "
-                f"patch-vae); {type(tokenizer).__name__} has none"
-            )
+    output_space: ClassVar[str] = "image"
+    raw_pixels = True
+
+    def __init__(self, tokenizer: Tokenizer, schedule: NoiseSchedule | None = None, residual_weight: float = 0.1, masked_only: bool = True):
+        super().__init__(schedule, masked_only)
         self._tokenizer = [tokenizer]
         self.residual_weight = residual_weight
-        self.register_buffer(
-            "direction_weights", pca_direction_weights(tokenizer.patch_dim, tokenizer.latent_dim, residual_weight), persistent=False
-        )  # [D]
+        D = getattr(tokenizer, "patch_dim", tokenizer.latent_dim)  # the pipeline refuses a tokenizer without one
+        self.register_buffer("direction_weights", pca_direction_weights(D, tokenizer.latent_dim, residual_weight), persistent=False)  # [D]
+
+    def incompatibility(self, tokenizer: Tokenizer) -> str | None:
+        if not hasattr(tokenizer, "full_basis") or not hasattr(tokenizer, "patch_dim"):
+            return (
+                "the original-image loss is measured in the tokenizer's full basis, so it needs a patch-wise tokenizer "
+                f"with a full basis (patch, pixel, patch-pca, patch-ae, patch-vae); {type(tokenizer).__name__} has none"
+            )
+        return None
 
     @property
     def patch_size(self) -> int:

@@ -1,6 +1,9 @@
-"""MAE random masking: per-sample shuffle by argsort of uniform noise, keep the first L*(1-r)."""
+"""MAE random masking (He et al. 2022, §3 "Masking"; facebookresearch/mae models_mae.py
+``random_masking``): per-sample shuffle by argsort of uniform noise, keep the first L * (1 - r)."""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -9,6 +12,11 @@ from ssl_bench.components.base import Corrupted, Corruption
 
 
 class RandomMasking(Corruption):
+    """Removes a random ``mask_ratio`` of the tokens of every sample (the same count per sample, so
+    the visible tokens form a dense [N, L_keep, D] batch)."""
+
+    produces: ClassVar[frozenset[str]] = frozenset({"mask"})
+
     def __init__(self, mask_ratio: float = 0.75):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:

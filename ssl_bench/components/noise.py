@@ -1,27 +1,21 @@
-"""Additive latent noise (METHODS.md §1.5): z_t = gamma_t z0 + sigma_t eps, noise always in the latent.
+"""Additive latent noise (l-DAE, Chen et al. 2024, §3 Eq. 1): z_t = gamma_t z0 + sigma_t eps, the noise
+always added in the tokenizer's latent space.
 
 The schedule (``ssl_bench.components.schedules``) owns the tables and the t sampling; this module only
-draws eps and records what was done. With ``project_to_image`` the noisy latent is also mapped back
-to pixels through the tokenizer's decoder (l-DAE's "inverse PCA" input x_t = mu + V^T z_t, so the PCA
-residual of x0 is never visible to the network, §1.5).
+draws eps and records what was done. Whether the network then sees the noisy latent or its
+inverse-tokenizer image (l-DAE's "inverse PCA" input x_t = mu + V^T z_t, §4.3, so the PCA residual of
+x0 is never visible to the network) is the pipeline's ``input_space``, not the corruption's business.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from ssl_bench.components.base import Corrupted, Corruption, Tokenizer
+from ssl_bench.components.base import Corrupted, Corruption
 from ssl_bench.components.schedules import NoiseSchedule, append_dims
-
-
-@dataclass
-class NoisyLatent(Corrupted):
-    """``Corrupted`` plus the noisy latent decoded to an image (only with ``project_to_image``)."""
-
-    image: Tensor | None = None  # [N, C, H, W] tokenizer.decode(z_t)
 
 
 def randn_like_from(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -33,24 +27,23 @@ def randn_like_from(x: Tensor, generator: torch.Generator | None) -> Tensor:
 class AdditiveLatentNoise(Corruption):
     """t ~ schedule.sample_t, eps ~ N(0, I), z_t = gamma_t z0 + sigma_t eps on z0 [N, L, d]."""
 
-    def __init__(self, schedule: NoiseSchedule, project_to_image: bool = False, tokenizer: Tokenizer | None = None):
-        super().__init__()
-        if project_to_image and tokenizer is None:
-            raise ValueError("project_to_image=True needs the tokenizer whose decoder maps z_t to pixels")
-        self.schedule = schedule
-        self.project_to_image = project_to_image
-        # not a submodule: the method owns the tokenizer (one copy in the state_dict)
-        self._tokenizer = [tokenizer] if tokenizer is not None else []
+    produces: ClassVar[frozenset[str]] = frozenset({"t", "noise"})
+    needs_schedule: ClassVar[bool] = True
 
-    def noise_at(self, z0: Tensor, t: Tensor, noise: Tensor) -> NoisyLatent:
+    def __init__(self, schedule: NoiseSchedule | None):
+        super().__init__()
+        if schedule is None:
+            raise ValueError("additive latent noise needs a noise schedule (method.noise_schedule = dict(name=...))")
+        self.schedule = schedule
+
+    def noise_at(self, z0: Tensor, t: Tensor, noise: Tensor) -> Corrupted:
         """Deterministic part: apply the schedule at given t [N] with given eps [N, L, d]."""
         t = t.to(z0.device)
         gamma = self.schedule.gamma(t, z0.dtype)  # [N]
         sigma = self.schedule.sigma(t, z0.dtype)  # [N]
         z_t = append_dims(gamma, z0.ndim) * z0 + append_dims(sigma, z0.ndim) * noise  # [N, L, d]
-        image = self._tokenizer[0].decode(z_t) if self.project_to_image else None
-        return NoisyLatent(z_t=z_t, t=t, sigma=sigma, gamma=gamma, noise=noise, image=image)
+        return Corrupted(z_t=z_t, t=t, sigma=sigma, gamma=gamma, noise=noise)
 
-    def forward(self, z0: Tensor, generator: torch.Generator | None = None) -> NoisyLatent:
+    def forward(self, z0: Tensor, generator: torch.Generator | None = None) -> Corrupted:
         t = self.schedule.sample_t(z0.shape[0], generator, device=z0.device)  # [N] int64
         return self.noise_at(z0, t, randn_like_from(z0, generator))

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ssl_bench.components.base import Tokenizer
-
 
 def patchify(images: Tensor, patch_size: int) -> Tensor:
     """[N, C, H, W] -> [N, h*w, p*p*C]"""
@@ -36,21 +34,3 @@ def unpatchify(patches: Tensor, patch_size: int, channels: int, grid: tuple[int,
         h, w = grid
     x = patches.reshape(n, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)  # n c h p w q
     return x.reshape(n, c, h * p, w * p)
-
-
-class PatchTokenizer(Tokenizer):
-    """Identity tokenizer: the latent of a patch is its pixels (MAE; the pixel tokenizer of l-DAE Fig. 5)."""
-
-    def __init__(self, patch_size: int, channels: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.channels = channels
-        self.latent_dim = patch_size * patch_size * channels
-
-    def encode(self, images: Tensor) -> Tensor:
-        return patchify(images, self.patch_size)
-
-    def decode(self, latents: Tensor) -> Tensor:
-        return unpatchify(latents, self.patch_size, self.channels)
-
-

@@ -1,43 +1,55 @@
-"""Regression targets. Each returns (target, weight) so one weighted-MSE loss serves every method."""
+"""Regression targets and the one loss every reconstruction method uses.
+
+Each target returns ``(target, weight)`` so that MAE's normalised pixels, l-DAE's weighted PCA
+coordinates and a DDM's noise all go through ``reconstruction_loss``.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from torch import Tensor
 
 from ssl_bench.components.base import Corrupted, Target
+from ssl_bench.components.patches import patchify
+
+
+def reconstruction_loss(pred: Tensor, target: Tensor, weight: Tensor | None = None, token_mask: Tensor | None = None) -> Tensor:
+    """Weighted squared error, pred / target [N, L, P], weight broadcastable to them (None = 1).
+
+    Without ``token_mask``: the plain mean over batch, tokens and values of weight * (pred - target)^2
+    (l-DAE Eq. 4 up to the constant 1/P; the weight is *not* normalised by its sum, which would rescale
+    every batch by its average lambda_t). With ``token_mask`` [N, L] (1 = the corruption removed the
+    token): the mean over a token's values, then the mean over the removed tokens only — MAE's
+    ``forward_loss`` (facebookresearch/mae models_mae.py). Both are one formula,
+    sum(m w e^2) / (P sum m) with m = 1 everywhere when nothing was removed.
+    """
+    err = (pred - target) ** 2
+    if weight is not None:
+        err = err * weight
+    if token_mask is None:
+        return err.mean()
+    per_token = err.mean(dim=-1)  # [N, L]
+    return (per_token * token_mask).sum() / token_mask.sum().clamp_min(1e-12)
 
 
 class NormalizedPixelTarget(Target):
-    """MAE's target: patch pixels, optionally normalised per patch (unbiased variance, eps 1e-6
-    inside the sqrt); weight = the mask, so only removed patches count (METHODS.md 2.5, facts 18)."""
+    """MAE's target (He et al. 2022, §3 "Reconstruction target"): the pixels of each patch, optionally
+    normalised per patch with the unbiased variance and eps 1e-6 inside the sqrt (``norm_pix_loss``,
+    facebookresearch/mae models_mae.py ``forward_loss``). Patches are cut from the (augmented) image
+    at the network's patch size, so the target is the same whatever the tokenizer."""
 
-    def __init__(self, norm_pix: bool = True, eps: float = 1e-6, masked_only: bool = True):
+    output_space: ClassVar[str] = "image"
+
+    def __init__(self, patch_size: int, norm_pix: bool = True, eps: float = 1e-6, masked_only: bool = True):
         super().__init__()
-        self.norm_pix, self.eps, self.masked_only = norm_pix, eps, masked_only
+        self.patch_size, self.norm_pix, self.eps, self.masked_only = patch_size, norm_pix, eps, masked_only
+        self.raw_pixels = not norm_pix
 
-    def forward(self, images: Tensor, z0: Tensor, corrupted: Corrupted) -> tuple[Tensor, Tensor]:
-        target = z0  # [N, L, p*p*C] pixel patches (identity tokenizer)
+    def forward(self, images: Tensor, z0: Tensor, corrupted: Corrupted) -> tuple[Tensor, Tensor | None]:
+        target = patchify(images, self.patch_size)  # [N, L, p*p*C]
         if self.norm_pix:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)  # unbiased, as torch's default and MAE
             target = (target - mean) / (var + self.eps) ** 0.5
-        if self.masked_only:
-            if corrupted.mask is None:
-                raise ValueError("NormalizedPixelTarget(masked_only=True) needs a masking corruption")
-            weight = corrupted.mask.unsqueeze(-1)  # [N, L, 1]
-        else:
-            weight = target.new_ones(target.shape[:2]).unsqueeze(-1)
-        return target, weight
-
-
-def weighted_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """MAE's reduction: mean over the token's values, then a weight-normalised sum over tokens.
-
-    pred/target [N, L, P], weight [N, L, 1] or [N, L, P] -> scalar.
-    """
-    per_elem = (pred - target) ** 2
-    if weight.shape[-1] == 1:
-        per_token = per_elem.mean(dim=-1)  # [N, L]
-        w = weight.squeeze(-1)
-        return (per_token * w).sum() / w.sum().clamp_min(1e-12)
-    return (per_elem * weight).sum() / weight.sum().clamp_min(1e-12)
+        return target, None

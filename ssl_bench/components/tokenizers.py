@@ -1,4 +1,5 @@
-"""Fitted tokenizers of the l-DAE deconstruction (METHODS.md §1.4): patch PCA, patch AE / VAE, conv VAE.
+"""Tokenizers: the identity patch tokenizer (MAE) and the fitted tokenizers of the l-DAE deconstruction
+(Chen et al. 2024, §4.1-4.2, Table 2): patch PCA, patch AE / VAE, conv VAE.
 
 All patch-wise tokenizers use MAE's patch layout (``patches.patchify``), so a basis row reshaped to
 (p, p, C) is a pixel filter. Tokens are [N, L, d]; the "latent image" a DiT consumes is the token
@@ -12,9 +13,15 @@ than holding whole images in memory). Fitted tokenizers are *frozen*: their para
 ``requires_grad=False`` so the pre-training optimiser never touches them, and all their state
 (bases, means, weights) is in ``state_dict`` so a checkpoint restores it.
 
-The pixel tokenizer of Fig. 5 is ``patches.PatchTokenizer`` on a resized image: the method's
-``image_size`` key resizes every image (e.g. 256 -> 64) and the patch is chosen to keep the token
-grid (e.g. 16 -> 4), so d = p*p*C (768/192/48/12 at 256 tokens); see ``plugins/ldae``.
+Latent size. The patch-wise tokenizers take ``latent_dim`` (d) or, when it is None, resolve
+d = round(D * latent_ratio) for their own patch dimension D = p*p*C, at least ``min_latent_dim`` and
+at most D - 1 (``default_latent_dim``): ``latent_ratio = 32/768`` is the paper's d = 32 at 16x16x3
+patches, and the same fraction of smaller patches on small images.
+
+The pixel tokenizer of Fig. 5 is the identity ``PatchTokenizer`` (registered as ``patch`` and
+``pixel``) on a resized image: the method's ``image_size`` key resizes every image (e.g. 256 -> 64)
+and the patch is chosen to keep the token grid (e.g. 16 -> 4), so d = p*p*C (768/192/48/12 at 256
+tokens).
 """
 
 from __future__ import annotations
@@ -27,6 +34,16 @@ from torch import Tensor, nn
 
 from ssl_bench.components.base import Tokenizer
 from ssl_bench.components.patches import patchify, unpatchify
+
+PAPER_LATENT_RATIO = 32 / 768  # l-DAE's d = 32 of D = 16*16*3 (Table 2's best patch-PCA d)
+
+
+def default_latent_dim(patch_dim: int, ratio: float = PAPER_LATENT_RATIO, minimum: int = 2) -> int:
+    """l-DAE's d for a patch of D values: d = round(D * ratio) (d = 32 at 16x16x3), at least
+    ``minimum`` and at most D - 1 (so some residual remains); D <= minimum keeps d = D."""
+    if patch_dim <= minimum:
+        return patch_dim
+    return int(min(patch_dim - 1, max(minimum, round(patch_dim * ratio))))
 
 
 def sample_rows(x: Tensor, num: int, generator: torch.Generator | None) -> Tensor:
@@ -67,9 +84,21 @@ class _PatchTokenizer(Tokenizer):
     needs_fit: ClassVar[bool] = True
     latent_patch: int = 1
 
-    def __init__(self, patch_size: int, channels: int, latent_dim: int, num_samples: int = 100_000, center: bool = True):
+    def __init__(
+        self,
+        patch_size: int,
+        channels: int,
+        latent_dim: int | None = None,
+        num_samples: int = 100_000,
+        center: bool = True,
+        *,
+        latent_ratio: float = PAPER_LATENT_RATIO,
+        min_latent_dim: int = 2,
+    ):
         super().__init__()
         dim = patch_size * patch_size * channels
+        if latent_dim is None:
+            latent_dim = default_latent_dim(dim, latent_ratio, min_latent_dim)
         if not 1 <= latent_dim <= dim:
             raise ValueError(f"latent_dim must be in [1, {dim}] for {patch_size}x{patch_size}x{channels} patches, got {latent_dim}")
         self.patch_size = patch_size
@@ -145,12 +174,15 @@ class PatchPCATokenizer(_PatchTokenizer):
         self,
         patch_size: int,
         channels: int,
-        latent_dim: int,
+        latent_dim: int | None = None,
         num_samples: int = 100_000,
         center: bool = True,
         latent_scale: float | str = 1.0,
+        *,
+        latent_ratio: float = PAPER_LATENT_RATIO,
+        min_latent_dim: int = 2,
     ):
-        super().__init__(patch_size, channels, latent_dim, num_samples, center)
+        super().__init__(patch_size, channels, latent_dim, num_samples, center, latent_ratio=latent_ratio, min_latent_dim=min_latent_dim)
         if not (latent_scale == "auto" or isinstance(latent_scale, (int, float))):
             raise ValueError(f"latent_scale must be a number or 'auto', got {latent_scale!r}")
         self.latent_scale_rule = latent_scale
@@ -213,15 +245,18 @@ class PatchAETokenizer(_PatchTokenizer):
         self,
         patch_size: int,
         channels: int,
-        latent_dim: int,
+        latent_dim: int | None = None,
         num_samples: int = 100_000,
         center: bool = True,
         steps: int = 300,
         lr: float = 1e-2,
         batch_size: int = 4096,
+        *,
+        latent_ratio: float = PAPER_LATENT_RATIO,
+        min_latent_dim: int = 2,
     ):
-        super().__init__(patch_size, channels, latent_dim, num_samples, center)
-        D, d = self.patch_dim, latent_dim
+        super().__init__(patch_size, channels, latent_dim, num_samples, center, latent_ratio=latent_ratio, min_latent_dim=min_latent_dim)
+        D, d = self.patch_dim, self.latent_dim
         self.encoder = nn.Linear(D, d, bias=False)  # V
         self.decoder = nn.Linear(d, D, bias=False)  # U^T
         self.steps, self.lr, self.batch_size = steps, lr, batch_size
@@ -278,8 +313,25 @@ class PatchVAETokenizer(PatchAETokenizer):
     so the latent stays informative. ``encode`` returns the posterior mean (deterministic tokens).
     """
 
-    def __init__(self, *args: Any, kl_weight: float = 1e-3, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        patch_size: int,
+        channels: int,
+        latent_dim: int | None = None,
+        num_samples: int = 100_000,
+        center: bool = True,
+        steps: int = 300,
+        lr: float = 1e-2,
+        batch_size: int = 4096,
+        *,
+        kl_weight: float = 1e-3,
+        latent_ratio: float = PAPER_LATENT_RATIO,
+        min_latent_dim: int = 2,
+    ):
+        super().__init__(
+            patch_size, channels, latent_dim, num_samples, center, steps, lr, batch_size,
+            latent_ratio=latent_ratio, min_latent_dim=min_latent_dim,
+        )
         self.logvar = nn.Linear(self.patch_dim, self.latent_dim)
         nn.init.zeros_(self.logvar.weight)
         nn.init.constant_(self.logvar.bias, -4.0)
@@ -309,8 +361,11 @@ class ConvVAETokenizer(Tokenizer):
     Stride scales with the image: ``num_down`` stride-2 convs, as many as possible up to 3 (stride 8
     for 256 px) while the token grid (latent / 2, 2x2 latent patches per token as DiT-L/2) stays at
     least 4x4: 8 px -> stride 1 (4x4 tokens), 28 -> 2 (7x7), 32 -> 4 (4x4), 64 -> 8 (4x4), 256 -> 8
-    (16x16). Tokens are d = 4c for c latent channels. Trained in ``fit`` by Adam on
-    ||x - g(f(x))||^2 + kl_weight KL; ``encode`` returns the posterior mean.
+    (16x16). Tokens are d = 4c for c latent channels; with ``latent_channels`` None, c = max(1, d // 4)
+    where d resolves like the patch-wise tokenizers' on the network's pixel patch ``patch_size``
+    (``latent_dim`` or ``latent_ratio`` of D = patch_size^2 * C). Trained in ``fit`` by Adam on
+    ||x - g(f(x))||^2 + kl_weight KL; ``encode`` returns the posterior mean. ``self.patch_size`` is
+    the pixel side of one token (2 x stride), which may differ from the network's patch.
     """
 
     needs_fit: ClassVar[bool] = True
@@ -320,18 +375,27 @@ class ConvVAETokenizer(Tokenizer):
         self,
         image_size: int,
         channels: int,
-        latent_channels: int,
+        latent_channels: int | None = None,
         width: int = 64,
         num_down: int | None = None,
         kl_weight: float = 1e-3,
         steps: int = 300,
         lr: float = 1e-3,
         batch_size: int = 64,
+        *,
+        patch_size: int | None = None,
+        latent_dim: int | None = None,
+        latent_ratio: float = PAPER_LATENT_RATIO,
+        min_latent_dim: int = 2,
     ):
         super().__init__()
         if num_down is None:
             num_down = self.default_num_down(image_size)
         stride = 2**num_down
+        if latent_channels is None:
+            ref = patch_size if patch_size is not None else 2 * stride
+            d = latent_dim or default_latent_dim(ref * ref * channels, latent_ratio, min_latent_dim)
+            latent_channels = max(1, d // 4)
         if image_size % (2 * stride):
             raise ValueError(f"image size {image_size} is not divisible by stride {stride} x 2x2 token patches")
         self.image_size, self.channels = image_size, channels
@@ -394,25 +458,14 @@ class ConvVAETokenizer(Tokenizer):
         return self.decoder(unpatchify(latents, 2, self.c))
 
 
-def default_latent_dim(patch_dim: int, ratio: float = 32 / 768, minimum: int = 2) -> int:
-    """l-DAE's d for a patch of D values: d = round(D * 32/768) (d = 32 at 16x16x3), at least
-    ``minimum`` and at most D - 1 (so some residual remains); D <= minimum keeps d = D."""
-    if patch_dim <= minimum:
-        return patch_dim
-    return int(min(patch_dim - 1, max(minimum, round(patch_dim * ratio))))
-
-
-class PixelTokenizer(_PatchTokenizer):
-    """The naive pixel tokenizer of l-DAE Fig. 5: identity on p x p patches (d = D = p*p*C).
-
-    Same as ``patches.PatchTokenizer`` but with the patch-wise interface (identity full basis, zero
-    mean) so every target works with it. Fig. 5 resizes the image (256 -> 128/64/32) and shrinks the
-    patch with it (16 -> 8/4/2) to keep 256 tokens: set the method's ``image_size`` for that.
-    """
+class PatchTokenizer(_PatchTokenizer):
+    """The identity patch tokenizer: the latent of a patch is its pixels, d = D = p*p*C (MAE's input;
+    the naive pixel tokenizer of l-DAE Fig. 5). It has the patch-wise interface (identity full basis,
+    zero mean) so that every target works with it."""
 
     needs_fit: ClassVar[bool] = False
 
-    def __init__(self, patch_size: int, channels: int, latent_dim: int | None = None, **_: Any):
+    def __init__(self, patch_size: int, channels: int):
         dim = patch_size * patch_size * channels
         super().__init__(patch_size, channels, dim, num_samples=0, center=False)
         self.fitted.fill_(True)
@@ -428,9 +481,10 @@ class PixelTokenizer(_PatchTokenizer):
 
 
 BUILTIN_TOKENIZERS: dict[str, type[Tokenizer]] = {
+    "patch": PatchTokenizer,
+    "pixel": PatchTokenizer,
     "patch-pca": PatchPCATokenizer,
     "patch-ae": PatchAETokenizer,
     "patch-vae": PatchVAETokenizer,
     "conv-vae": ConvVAETokenizer,
-    "pixel": PixelTokenizer,
 }

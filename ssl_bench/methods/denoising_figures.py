@@ -8,6 +8,8 @@
 
 ``DenoisingMethod.extra_evaluations`` calls ``write_figures`` after training; it can also be
 called by hand on a loaded model: ``write_figures(method, method.preprocess_eval(uint8_images), dir)``.
+Fig. 8 needs a noise corruption (a masking-trained DiT has nothing to denoise) and Fig. 4 a fitted
+patch-wise tokenizer; the figures that do not apply are skipped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _show(ax: Any, img: Tensor, title: str | None = None) -> None:
 
 def plot_pca_bases(tokenizer: Any, path: Path, max_filters: int = 64) -> Path | None:
     """Fig. 4: basis rows reshaped (p, p, C), each scaled symmetrically to [0, 1]."""
-    if not hasattr(tokenizer, "full_basis") or not hasattr(tokenizer, "patch_dim"):
+    if not getattr(tokenizer, "needs_fit", False) or not hasattr(tokenizer, "full_basis") or not hasattr(tokenizer, "patch_dim"):
         return None
     plt = _plt()
     basis = tokenizer.full_basis().detach().float().cpu()  # [D, D]
@@ -95,14 +97,14 @@ def plot_denoising(method: Any, images: Tensor, path: Path, n: int = 4, fraction
     """Fig. 8: for each t (fractions of T) and image: noisy input | prediction | clean."""
     plt = _plt()
     x = images[:n]
-    T = method.schedule.T
+    T = method.noise_schedule.T
     ts = sorted({min(T - 1, max(0, int(round(f * T)) - (1 if f >= 1 else 0))) for f in fractions})
     fig, axes = plt.subplots(len(ts), 3 * x.shape[0], figsize=(3 * x.shape[0] * 1.1, len(ts) * 1.3), squeeze=False)
     for r, t in enumerate(ts):
         gen = torch.Generator(device=x.device).manual_seed(r)
         noisy, pred = method.denoise(x, t, gen)
         for i in range(x.shape[0]):
-            sig = float(method.schedule.sigma(t))
+            sig = float(method.noise_schedule.sigma(t))
             _show(axes[r, 3 * i], method.to_display(noisy[i : i + 1])[0], f"t={t} s={sig:.2f}" if i == 0 else "noisy")
             _show(axes[r, 3 * i + 1], method.to_display(pred[i : i + 1])[0], "pred")
             _show(axes[r, 3 * i + 2], method.to_display(x[i : i + 1])[0], "clean")
@@ -124,5 +126,6 @@ def write_figures(method: Any, images: Tensor, run_dir: str | Path) -> list[Path
     if p is not None:
         out.append(p)
     out.append(plot_noise_latent_vs_pixel(method, images, run_dir / "fig7_noise_latent_vs_pixel.png"))
-    out.append(plot_denoising(method, images, run_dir / "fig8_denoising.png"))
+    if hasattr(method.corruption, "noise_at") and method.noise_schedule is not None:
+        out.append(plot_denoising(method, images, run_dir / "fig8_denoising.png"))
     return out

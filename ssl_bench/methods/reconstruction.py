@@ -1,0 +1,397 @@
+"""The one reconstruction pipeline every masked / denoising autoencoder in ssl-bench runs.
+
+    augment -> tokenizer.encode -> corruption -> network input -> network -> prediction
+            -> target -> weighted loss
+
+l-DAE's argument (Chen et al. 2024, §4, Fig. 1) is that a diffusion model and a classical denoising
+autoencoder are this same pipeline with different parts; MAE (He et al. 2022) is it with masking.
+So the parts are chosen by name from the registry (``method.tokenizer``, ``method.noise_schedule``,
+``method.corruption``, ``method.target``, each ``dict(name=..., **options)``, see ``parts.py``) and a
+method plugin only adds its *network* (MAE's ViT encoder + decoder, a DiT) and what only it has.
+Masking vs additive latent noise with everything else held equal is then one ``--set``.
+
+Pipeline keys (``method.*``), shared by every reconstruction method:
+
+================  ===========================================================================
+key               meaning
+================  ===========================================================================
+tokenizer         image <-> latent tokens [N, L, d] (``patch`` = identity, ``patch-pca``, ...)
+noise_schedule    gamma_t / sigma_t tables for noise corruptions (None when unused)
+corruption        ``random-masking`` (removes tokens) or ``additive-latent-noise`` (noise in the latent)
+target            what the network regresses; it fixes the output space (latent d or pixel patch)
+input_space       ``image``: the network reads tokenizer.decode(corrupted latent) (l-DAE's inverse
+                  PCA; MAE's image for the identity tokenizer); ``latent``: the latent laid out as
+                  an image (a DDM)
+augment           ``crop_scale`` (None: resize only), ``ratio``, ``flip_p``: training augmentation
+image_norm        ``dataset`` (mean/std, MAE) or ``minus1_1`` (DiT's [-1, 1])
+image_size        resize every image (the pixel tokenizer of l-DAE Fig. 5); None = the dataset's
+================  ===========================================================================
+
+Incompatible parts are refused when the method is built, before anything trains, with a message
+that names both parts and why (a target that regresses the added noise under a masking corruption;
+an image-space target on a tokenizer whose token grid is not the network's; ...).
+
+Loss: ``targets.reconstruction_loss``; with a corruption that removes tokens and a target with
+``masked_only`` (the default), only removed tokens count (MAE).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from torch import Tensor
+
+from ssl_bench.components.base import Corrupted, Method, StepOutput
+from ssl_bench.components.patches import patchify, unpatchify
+from ssl_bench.components.targets import reconstruction_loss
+from ssl_bench.data.augment import normalize, random_horizontal_flip, random_resized_crop, to_float01
+from ssl_bench.errors import ConfigError
+from ssl_bench.methods.parts import PART_KINDS, build_part, part_spec, used_options
+from ssl_bench.train.distributed import is_main_rank
+
+log = logging.getLogger("ssl_bench")
+
+IMAGE_NORMS = ("dataset", "minus1_1")
+INPUT_SPACES = ("image", "latent")
+
+
+def _kind_label(kind: str, spec: dict[str, Any] | None) -> str:
+    return f"{kind} '{spec['name']}'" if spec else f"no {kind}"
+
+
+class ReconstructionMethod(Method):
+    """A method built from tokenizer, corruption, noise schedule and target parts plus a network.
+
+    Subclasses implement ``build_network`` (create the modules, called once the parts exist),
+    ``predict`` (network input + corruption record -> prediction [N, L, P]) and ``features``
+    (clean network input -> [N, D] probe features), and set ``default_config``.
+    """
+
+    #: the image normalisation when the config does not say (MAE's dataset mean/std)
+    default_image_norm: ClassVar[str] = "dataset"
+
+    def __init__(self, cfg: Any, backbone: Any, info: Any):
+        super().__init__(cfg, backbone, info)
+        from ssl_bench.registry import get_registry
+
+        m = cfg.method
+        self.run_dir: Path | None = None  # set by the runner; artefacts (PCA bases, figures) go there
+        self.image_size = int(m.get("image_size") or info.image_size)
+        self.grid = backbone.image_size // backbone.patch_size  # token grid the user asked for
+        if self.image_size % self.grid:
+            raise ConfigError(
+                f"method.image_size {self.image_size} is not divisible by the {self.grid}x{self.grid} token grid of "
+                f"{backbone.name}; pick a multiple of {self.grid}"
+            )
+        self.patch_size = self.image_size // self.grid  # the network's pixel patch (16 at 224/256 px)
+        self.channels = info.channels
+        self.image_norm = m.get("image_norm") or self.default_image_norm
+        if self.image_norm not in IMAGE_NORMS:
+            raise ConfigError(f"method.image_norm must be one of {IMAGE_NORMS}, got {self.image_norm!r}")
+        self.input_space = m.get("input_space") or "image"
+        if self.input_space not in INPUT_SPACES:
+            raise ConfigError(f"method.input_space must be one of {INPUT_SPACES}, got {self.input_space!r}")
+        aug = m.get("augment") or {}
+        self.crop_scale = tuple(aug["crop_scale"]) if aug.get("crop_scale") else None
+        self.crop_ratio = tuple(aug.get("ratio") or (3 / 4, 4 / 3))
+        self.flip_p = float(aug.get("flip_p") or 0.0)
+
+        # -- the parts, by name from the registry ---------------------------------------------------
+        registry = get_registry()
+        self.specs = {key: part_spec(m.get(key), key) for key in PART_KINDS}
+        for key in ("tokenizer", "corruption", "target"):
+            if self.specs[key] is None:
+                raise ConfigError(f"method.{key} is not set; name one with --set method.{key}.name=NAME (see `ssl-bench list`)")
+        defaults = self._default_specs()
+        geometry = {"image_size": self.image_size, "patch_size": self.patch_size, "channels": self.channels}
+        spec = self.specs["noise_schedule"]
+        self.noise_schedule = (
+            None if spec is None else build_part("noise-schedule", "noise_schedule", spec, registry, {}, defaults.get("noise_schedule"))
+        )
+        self.tokenizer = build_part("tokenizer", "tokenizer", self.specs["tokenizer"], registry, geometry, defaults.get("tokenizer"))
+        corruption_cls = registry.get("corruption", self.specs["corruption"]["name"])
+        if getattr(corruption_cls, "needs_schedule", False) and self.noise_schedule is None:
+            raise ConfigError(
+                f"corruption '{self.specs['corruption']['name']}' adds noise but method.noise_schedule is not set; "
+                "set one, e.g. --set method.noise_schedule.name=sigma-linear"
+            )
+        self.corruption = build_part(
+            "corruption", "corruption", self.specs["corruption"], registry, {"schedule": self.noise_schedule}, defaults.get("corruption")
+        )
+        self.target = build_part(
+            "target", "target", self.specs["target"], registry,
+            {"schedule": self.noise_schedule, "tokenizer": self.tokenizer, **geometry}, defaults.get("target"),
+        )
+        self.latent_patch = int(getattr(self.tokenizer, "latent_patch", 1))
+        self.latent_channels = int(getattr(self.tokenizer, "latent_channels", self.tokenizer.latent_dim))
+        self.output_dim = self._check_composition()
+        self.build_network()
+
+    # ------------------------------------------------------------------------------------------
+    # composition
+    # ------------------------------------------------------------------------------------------
+
+    def _default_specs(self) -> dict[str, dict[str, Any] | None]:
+        """The parts as the method's own default config names them (to tell an option the user set
+        from one inherited from a default component the user replaced)."""
+        path = getattr(type(self), "default_config", None)
+        if not path or not Path(path).is_file():
+            return {}
+        method = Config.fromfile(str(path)).to_dict().get("method") or {}
+        out = {}
+        for key in PART_KINDS:
+            try:
+                out[key] = part_spec(method.get(key), key)
+            except ConfigError:
+                out[key] = None
+        return out
+
+    def tokens_per_image(self) -> int:
+        """Tokens the tokenizer makes of one method-size image."""
+        p = int(self.tokenizer.patch_size)
+        if self.image_size % p:
+            raise ConfigError(
+                f"tokenizer '{self.specs['tokenizer']['name']}' cuts {p}-px tokens, which do not tile the "
+                f"{self.image_size}-px image; pick a tokenizer patch that divides it"
+            )
+        return (self.image_size // p) ** 2
+
+    def _check_composition(self) -> int:
+        """Refuse parts that cannot work together (naming both and why); return the output width P."""
+        tok, cor, tgt = (_kind_label(k, self.specs[k]) for k in ("tokenizer", "corruption", "target"))
+        produces = frozenset(getattr(self.corruption, "produces", frozenset()))
+        missing = frozenset(getattr(self.target, "requires", frozenset())) - produces
+        if missing:
+            raise ConfigError(
+                f"{tgt} needs the corruption to record {', '.join(sorted(missing))}, but {cor} records "
+                f"{', '.join(sorted(produces)) or 'nothing'}: pair it with a corruption that does (e.g. "
+                "additive-latent-noise), or pick a target that does not need it (clean-latent, original-image, norm-pix)"
+            )
+        reason = self.target.incompatibility(self.tokenizer)
+        if reason:
+            raise ConfigError(f"{tgt} cannot work with {tok}: {reason}")
+        space = getattr(self.target, "output_space", "latent")
+        if space not in ("latent", "image"):
+            raise ConfigError(f"{tgt} has output_space {space!r}; targets predict 'latent' or 'image'")
+        n_tok, n_img = self.tokens_per_image(), self.grid**2
+        n_net = n_tok if self.input_space == "latent" else n_img
+        if "mask" in produces and n_tok != n_net:
+            raise ConfigError(
+                f"{cor} removes tokens of {tok} ({n_tok} per image), but the network reads {n_net} image patches: "
+                "masking needs the tokenizer's token grid to be the network's (a patch-wise tokenizer, or "
+                "method.input_space='latent')"
+            )
+        n_out = n_tok if space == "latent" else n_img
+        if n_out != n_net:
+            raise ConfigError(
+                f"{tgt} predicts {n_out} {space} tokens per image with {tok}, but the network sees {n_net} tokens "
+                f"({self.input_space} input): use input_space == the target's space, or a tokenizer whose token grid "
+                "is the network's patch grid"
+            )
+        return int(self.tokenizer.latent_dim) if space == "latent" else self.patch_size**2 * self.channels
+
+    def describe_parts(self) -> dict[str, Any]:
+        """The parts and the options that reached them (stored with every metric)."""
+        parts = {"tokenizer": self.tokenizer, "noise_schedule": self.noise_schedule, "corruption": self.corruption, "target": self.target}
+        return {key: (None if part is None else used_options(self.specs[key], part)) for key, part in parts.items()}
+
+    # ------------------------------------------------------------------------------------------
+    # the network (subclasses)
+    # ------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def build_network(self) -> None:
+        """Create the network modules. The parts, ``self.output_dim`` (P) and the input geometry
+        (``self.input_space``, ``self.network_input_geometry()``) are known."""
+
+    @abstractmethod
+    def predict(self, net_input: Tensor, corrupted: Corrupted, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """Network input [N, C', H', W'] (+ what the corruption did) -> prediction [N, L, P]."""
+
+    @abstractmethod
+    def features(self, net_input: Tensor) -> Tensor:
+        """A clean network input [N, C', H', W'] -> probe features [N, D]."""
+
+    def network_input_geometry(self) -> tuple[int, int, int]:
+        """(image size, patch size, channels) of what the network reads."""
+        if self.input_space == "image":
+            return self.image_size, self.patch_size, self.channels
+        side = (self.image_size // int(self.tokenizer.patch_size)) * self.latent_patch
+        return side, self.latent_patch, self.latent_channels
+
+    # ------------------------------------------------------------------------------------------
+    # images
+    # ------------------------------------------------------------------------------------------
+
+    def normalize01(self, x: Tensor) -> Tensor:
+        """[0, 1] images -> the method's pixel space ([-1, 1] as DiT, or dataset mean/std as MAE)."""
+        if self.image_norm == "minus1_1":
+            return x * 2.0 - 1.0
+        return normalize(x, self.info.mean, self.info.std)
+
+    def to_display(self, x: Tensor) -> Tensor:
+        """Method pixel space -> [0, 1] (figures, samples)."""
+        if self.image_norm == "minus1_1":
+            return ((x + 1.0) / 2.0).clamp(0, 1)
+        mean = torch.as_tensor(self.info.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.info.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def resize(self, x: Tensor) -> Tensor:
+        """[0, 1] images -> ``image_size`` (antialiased), unchanged when already that size."""
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+        return x
+
+    def augment(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
+        """uint8 [N, C, H, W] -> augmented images in the method's pixel space [N, C, S, S].
+
+        Random resized crop (``augment.crop_scale``; MAE's (0.2, 1)) or a plain resize, then a
+        horizontal flip with ``augment.flip_p``. A 5-D batch [N, V, C, S, S] holds views a folder
+        loader already cropped from the full image (each paper's RandomResizedCrop): view 0 is used
+        and only the flip is done here.
+        """
+        if images.ndim == 5:
+            x = self.resize(to_float01(images[:, 0]))
+        else:
+            x = to_float01(images)
+            if self.crop_scale is not None:
+                x = random_resized_crop(x, self.image_size, self.crop_scale, self.crop_ratio, generator)
+            else:
+                x = self.resize(x)
+        if self.flip_p > 0:
+            x = random_horizontal_flip(x, self.flip_p, generator)
+        return self.normalize01(x)
+
+    def preprocess_eval(self, images: Tensor) -> Tensor:
+        """uint8 [N, C, H, W] -> method pixel space, no augmentation."""
+        return self.normalize01(self.resize(to_float01(images)))
+
+    def from_harness(self, images: Tensor) -> Tensor:
+        """Harness-normalised (dataset mean/std) images -> the method's pixel space."""
+        if self.image_norm == "dataset" and images.shape[-1] == self.image_size:
+            return images
+        mean = torch.as_tensor(self.info.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(self.info.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        return self.normalize01(self.resize((images * std + mean).clamp(0, 1)))
+
+    def latent_image(self, z: Tensor) -> Tensor:
+        """Tokens [N, L, d] -> the latent laid out as an image for a patch-embedding network."""
+        return unpatchify(z, self.latent_patch, self.latent_channels)
+
+    def tokens_from_latent_image(self, x: Tensor) -> Tensor:
+        """Inverse of ``latent_image``: [N, c, h, w] -> [N, L, d]."""
+        return patchify(x, self.latent_patch)
+
+    def network_input(self, z: Tensor) -> Tensor:
+        """(Corrupted) latent tokens [N, L, d] -> what the network reads: the inverse-tokenizer image
+        [N, C, H, W] (input_space 'image') or the latent image (input_space 'latent')."""
+        if self.input_space == "image":
+            return self.tokenizer.decode(z)
+        return self.latent_image(z)
+
+    def probe_input(self, x: Tensor) -> Tensor:
+        """Clean network input for the probe from method-space images: the clean image itself
+        (residual included, as l-DAE's and MAE's probes), or its latent image."""
+        if self.input_space == "image":
+            return x
+        return self.latent_image(self.tokenizer.encode(x))
+
+    # ------------------------------------------------------------------------------------------
+    # Method API
+    # ------------------------------------------------------------------------------------------
+
+    def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
+        x = self.augment(images, generator)  # [N, C, S, S]
+        # tokenizer, corruption and target in float32 even under bf16 autocast: the PCA projection and
+        # the noise scale are exact quantities, not network activations
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            z0 = self.tokenizer.encode(x)  # [N, L, d]
+            corrupted = self.corruption(z0, generator)
+            net_input = self.network_input(corrupted.z_t if corrupted.z_t is not None else z0)
+            target, weight = self.target(x, z0, corrupted)  # [N, L, P], broadcastable or None
+        pred = self.predict(net_input, corrupted, labels, generator)  # [N, L, P]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            mask = corrupted.mask if self.target.masked_only else None
+            loss = reconstruction_loss(self.target.to_loss_space(pred.float()), target, weight, mask)
+        return StepOutput(loss, {"loss": loss.detach()})
+
+    @torch.no_grad()
+    def probe_features(self, images: Tensor) -> Tensor:
+        return self.features(self.probe_input(self.from_harness(images)))
+
+    @torch.no_grad()
+    def prepare(self, train_split: Any, generator: torch.Generator) -> None:
+        """Fit the tokenizer (PCA bases, patch AE / VAE, conv VAE) once before training, on the
+        method's own pixels (no augmentation), and write it into the run dir."""
+        tok = self.tokenizer
+        if not getattr(tok, "needs_fit", False) or bool(getattr(tok, "fitted", torch.tensor(False))):
+            return
+        device = next(self.parameters()).device
+        batches = self.prep_batches(train_split, generator, device)
+        fit_cfg = dict(self.cfg.method.get("fit") or {})
+        if hasattr(tok, "fit_patches"):
+            patches = self._sample_patches(batches, generator, int(fit_cfg.get("patches_per_image") or 16))
+            tok.fit_patches(patches, generator)
+            log.info("fitted %s on %d patches", type(tok).__name__, patches.shape[0])
+        else:
+            images = self._collect_images(batches, int(fit_cfg.get("max_images") or 10_000))
+            tok.fit(images, generator)
+            log.info("fitted %s on %d images", type(tok).__name__, images.shape[0])
+        if self.run_dir is not None and is_main_rank():  # prepare runs on every rank; one writer
+            self.save_tokenizer(Path(self.run_dir))
+
+    def prep_batches(self, split: Any, generator: torch.Generator | None, device: torch.device, shuffle: bool = True, batch_size: int = 256):
+        """Method-space float images, batch by batch, from a split."""
+        for images, _ in split.batches(batch_size, shuffle=shuffle, generator=generator, drop_last=False, device=device):
+            yield self.preprocess_eval(images)
+
+    def _sample_patches(self, batches: Any, generator: torch.Generator, per_image: int) -> Tensor:
+        """A few random patches from many images until the tokenizer's ``num_samples`` are collected."""
+        num = int(getattr(self.tokenizer, "num_samples", 100_000))
+        out, total = [], 0
+        for x in batches:
+            p = patchify(x, self.tokenizer.patch_size)  # [B, L, D]
+            k = min(per_image, p.shape[1])
+            gen_device = generator.device if generator is not None else p.device
+            order = torch.rand(p.shape[:2], generator=generator, device=gen_device).argsort(dim=1)[:, :k].to(p.device)  # [B, k]
+            out.append(torch.gather(p, 1, order.unsqueeze(-1).expand(-1, -1, p.shape[-1])).reshape(-1, p.shape[-1]))
+            total += out[-1].shape[0]
+            if total >= num:
+                break
+        return torch.cat(out)[:num]
+
+    @staticmethod
+    def _collect_images(batches: Any, cap: int) -> Tensor:
+        out, total = [], 0
+        for x in batches:
+            out.append(x)
+            total += x.shape[0]
+            if total >= cap:
+                break
+        return torch.cat(out)[:cap]
+
+    def save_tokenizer(self, run_dir: Path) -> Path:
+        """Write the fitted tokenizer beside the checkpoint (it is also inside the checkpoint)."""
+        tok = self.tokenizer
+        if hasattr(tok, "eigenvalues") and hasattr(tok, "basis"):
+            path = Path(run_dir) / "pca_basis.pt"
+            torch.save({
+                "mean": tok.mean.cpu(), "basis": tok.basis.cpu(), "eigenvalues": tok.eigenvalues.cpu(),
+                "latent_dim": tok.latent_dim, "patch_size": tok.patch_size, "channels": tok.channels,
+                "scale": float(tok.scale), "center": tok.center, "image_norm": self.image_norm,
+                "layout": "patchify nhwpqc (channel fastest)",
+            }, path)
+        else:
+            path = Path(run_dir) / "tokenizer.pt"
+            torch.save({"class": type(tok).__name__, "state_dict": {k: v.cpu() for k, v in tok.state_dict().items()}}, path)
+        return path
+
+    def probe_protocol(self) -> dict[str, Any]:
+        return {"parts": self.describe_parts(), "input_space": self.input_space, "image_norm": self.image_norm}
