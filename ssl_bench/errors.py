@@ -40,3 +40,14 @@ class NonFiniteLossError(SSLBenchError):
 
 class ConfigError(SSLBenchError):
     """A config value is invalid or inconsistent."""
+
+
+class DisabledComponentError(UnknownComponentError, PluginClashError):
+    """A name exists but is switched off (a clash or an invalid registration), so asking for it says why.
+
+    A subclass of `UnknownComponentError` so callers that handle unknown names handle this one too.
+    """
+
+    def __init__(self, kind: str, name: str, reason: str):
+        SSLBenchError.__init__(self, f"{kind} '{name}' is disabled: {reason}")
+        self.kind, self.name, self.available, self.suggestion, self.reason = kind, name, [], None, reason
