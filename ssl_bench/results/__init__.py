@@ -14,7 +14,18 @@ from .leaderboard import (
     build_table4,
     render,
 )
-from .store import RUN_FIELDS, SCHEMA_VERSION, ResultsStore, ResultsStoreError, RunRecord
+from .store import (
+    RUN_FIELDS,
+    RUN_STATUSES,
+    SCHEMA_VERSION,
+    FinishedRunError,
+    ReadOnlyStoreError,
+    ResultsStore,
+    ResultsStoreError,
+    RunRecord,
+    current_host,
+    process_alive,
+)
 
 __all__ = [
     "BASELINE_METHODS",
@@ -23,11 +34,16 @@ __all__ = [
     "PAPER_TABLE4",
     "RENDER_FORMATS",
     "RUN_FIELDS",
+    "RUN_STATUSES",
     "SCHEMA_VERSION",
+    "FinishedRunError",
+    "ReadOnlyStoreError",
     "ResultsStore",
     "ResultsStoreError",
     "RunRecord",
     "build_leaderboard",
     "build_table4",
+    "current_host",
+    "process_alive",
     "render",
 ]
