@@ -6,8 +6,10 @@ the leaderboard are always regenerated from it rather than edited by hand.
 
 from .leaderboard import (
     BASELINE_METHODS,
+    BUILTIN_EVALUATORS,
     HEADLINE_METRICS,
     PAPER_EPOCHS,
+    PAPER_PROBE,
     PAPER_TABLE4,
     RENDER_FORMATS,
     build_leaderboard,
@@ -29,8 +31,10 @@ from .store import (
 
 __all__ = [
     "BASELINE_METHODS",
+    "BUILTIN_EVALUATORS",
     "HEADLINE_METRICS",
     "PAPER_EPOCHS",
+    "PAPER_PROBE",
     "PAPER_TABLE4",
     "RENDER_FORMATS",
     "RUN_FIELDS",
