@@ -742,3 +742,11 @@ def test_malformed_file_mid_read_is_one_line(tmp_path: Path) -> None:
             s.runs_frame()
     msg = str(info.value)
     assert "\n" not in msg and str(path) in msg and "malformed" in msg and "backup" in msg
+
+
+def test_uncreatable_path_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ResultsStoreError) as info:
+        ResultsStore(tmp_path / "file" / "results.db")
+    msg = str(info.value)
+    assert msg.startswith("cannot create results store") and "--results" in msg and "\n" not in msg

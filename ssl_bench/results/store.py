@@ -368,9 +368,9 @@ class ResultsStore:
         leaves before the first write (which opening would rightly refuse). If the
         filesystem has no hard links we fall back to creating the file in place.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.init")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(tmp), timeout=self.timeout_s, isolation_level=None)
             try:
                 with self._transaction(conn) as cur:
@@ -393,10 +393,15 @@ class ResultsStore:
         except sqlite3.DatabaseError as exc:
             raise self._db_error(exc) from exc
         except PermissionError as exc:
-            raise self._readonly_location_error(exc) from None
+            raise self._readonly_location_error(exc.strerror or exc) from None
+        except OSError as exc:  # e.g. a parent path component is a file
+            raise ResultsStoreError(
+                f"cannot create results store {self.path} ({exc.strerror or exc}: "
+                f"{exc.filename or self.path}); pass another --results file"
+            ) from None
         finally:
             for suffix in ("", "-journal", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # absent, or its folder never existed
                     os.unlink(f"{tmp}{suffix}")
 
     def _open_for_writing(self) -> sqlite3.Connection:
