@@ -190,6 +190,24 @@ def test_a_second_signal_stops_at_once_and_keeps_the_previous_checkpoint(tmp_pat
     assert (state["epoch"], state["epoch_step"]) == (1, 0)
 
 
+def test_a_repeated_sigterm_does_not_cut_the_checkpoint_short(tmp_path, handlers) -> None:
+    """Slurm and torchrun's agent may both deliver SIGTERM to a worker: that is still one request."""
+    method, split, cfg, run_dir = make_run(tmp_path, NoisyLoss, EPOCHS)
+    method.fire = {4: [signal.SIGTERM, signal.SIGTERM]}
+    with pytest.raises(TrainingInterrupted) as info:
+        train(method, split, cfg, run_dir, CPU)
+    assert (info.value.epoch, info.value.epoch_step, info.value.signal_name) == (1, 2, "SIGTERM")
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["epoch_step"] == 2
+
+
+def test_ctrl_c_after_a_sigterm_stops_at_once(tmp_path, handlers) -> None:
+    method, split, cfg, run_dir = make_run(tmp_path, NoisyLoss, EPOCHS)
+    method.fire = {4: [signal.SIGTERM, signal.SIGINT]}
+    with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
+        train(method, split, cfg, run_dir, CPU)
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["epoch_step"] == 0
+
+
 def test_a_second_signal_while_saving_does_not_corrupt_the_checkpoint(tmp_path, handlers, monkeypatch) -> None:
     method, split, cfg, run_dir = make_run(tmp_path, NoisyLoss, EPOCHS)
     method.fire = {4: [signal.SIGINT]}

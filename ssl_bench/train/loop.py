@@ -7,7 +7,8 @@ Interrupts: while :func:`train` runs, SIGINT (Ctrl-C) and SIGTERM (schedulers, `
 flag. At the next optimiser-step boundary rank 0 writes a checkpoint -- mid-epoch, it also carries
 the position inside the epoch, every rank's step generator and the epoch's running sums, so a resume
 continues exactly as the uninterrupted run -- and every rank raises :class:`TrainingInterrupted`. A
-second signal raises KeyboardInterrupt at once (the atomic write keeps the previous checkpoint).
+second SIGINT raises KeyboardInterrupt at once (the atomic write keeps the previous checkpoint); a
+repeated SIGTERM is ignored (see :class:`_StopRequest`).
 A KeyboardInterrupt *raised by code* (a method, a test) is not a signal: it propagates untouched
 and writes nothing, so the last end-of-epoch checkpoint is what a resume starts from.
 """
@@ -111,8 +112,11 @@ def _epoch_batches(
 
 class _StopRequest:
     """SIGINT/SIGTERM handler for the duration of :func:`train`: the first signal only sets a flag
-    (training stops at the next optimiser-step boundary, after a checkpoint); a second one raises
-    KeyboardInterrupt at once for a user who does not want to wait."""
+    (training stops at the next optimiser-step boundary, after a checkpoint); a second SIGINT (a
+    user pressing Ctrl-C again) raises KeyboardInterrupt at once. A repeated SIGTERM is ignored:
+    machines send it more than once without meaning "hurry" (Slurm signals every process of a job
+    step, and torchrun's agent forwards the same signal to its workers), and they follow up with
+    SIGKILL when they stop waiting."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -122,11 +126,14 @@ class _StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopping without waiting for the checkpoint")
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt("second SIGINT: stopping without waiting for the checkpoint")
+            log.warning("SIGTERM received again: still finishing this step and its checkpoint (Ctrl-C stops at once)")
+            return
         self.signum = signum
         log.warning(
             "%s received: finishing this optimiser step, then writing a checkpoint and stopping "
-            "(send it again to stop at once, keeping only the previous checkpoint)",
+            "(Ctrl-C again stops at once, keeping only the previous checkpoint)",
             signal.Signals(signum).name,
         )
 
