@@ -1,6 +1,7 @@
 """The core joint-embedding parts: InfoNCE and negative-cosine losses, MLP heads, the momentum
 schedule / update / encoder, the two-view augmentation (also on views pre-cropped by a loader),
-and the import boundary (the core imports no plugin; MoCo v3 imports no other plugin)."""
+and the import boundary (the core and the example plugin import no first-party plugin; MoCo v3
+imports no other plugin)."""
 
 from __future__ import annotations
 
@@ -264,8 +265,11 @@ def _imported_modules(path: Path) -> set[str]:
 
 def test_core_imports_no_plugin_and_mocov3_no_other_plugin():
     """The joint-embedding parts live in the core so that plugins share them without importing
-    each other; the core itself must never depend on a plugin."""
-    for path in sorted((REPO / "ssl_bench").rglob("*.py")):
+    each other; the core itself (and the third-party example) must never depend on a first-party
+    plugin."""
+    paths = [*(REPO / "ssl_bench").rglob("*.py"), *(REPO / "examples" / "ssl-bench-example").rglob("*.py")]
+    assert len(paths) > 20
+    for path in sorted(paths):
         bad = {m for m in _imported_modules(path) if m.split(".")[0] in ("ssl_bench_plugins", "plugins")}
         assert not bad, f"{path.relative_to(REPO)} imports plugin code: {sorted(bad)}"
     for path in sorted((REPO / "plugins" / "mocov3").rglob("*.py")):
