@@ -103,9 +103,9 @@ def test_nan_in_a_log_is_written_as_null(tmp_path) -> None:
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"epoch": 1, "step": 3, "loss": None}
 
 
-def test_resume_drops_epochs_the_checkpoint_does_not_have(tmp_path) -> None:
-    """checkpoint_every=2, killed in epoch 4: the file has epochs 1-3 but the checkpoint only 2, so
-    epoch 3 is trained again; the file ends with one line per epoch, as the uninterrupted run's."""
+def _killed_in_epoch_4_then_resumed(tmp_path):
+    """(full_dir, run_dir): checkpoint_every=2, killed in epoch 4 (the file has epochs 1-3, the
+    checkpoint 2), then resumed; and the uninterrupted run for comparison."""
     full_method, split, cfg, full_dir = make_run(tmp_path, CountingLogs, "train.epochs=4", "train.checkpoint_every=2")
     train(full_method, split, cfg, full_dir, CPU)
 
@@ -128,9 +128,27 @@ def test_resume_drops_epochs_the_checkpoint_does_not_have(tmp_path) -> None:
     resumed, _, _, _ = make_run(tmp_path, CountingLogs, "train.epochs=4", "train.checkpoint_every=2")
     resumed.calls = 2 * 3  # the call counter is not model state: start it where epoch 3 starts
     train(resumed, split, cfg, run_dir, CPU, resume=True)
+    return full_dir, run_dir
+
+
+def test_resume_drops_epochs_the_checkpoint_does_not_have(tmp_path) -> None:
+    """The file ends with one line per epoch, as the uninterrupted run's (epoch 3, trained twice,
+    is there once: its second run)."""
+    full_dir, run_dir = _killed_in_epoch_4_then_resumed(tmp_path)
 
     def untimed(recs: list[dict]) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in ("time_s", "img_s")} for r in recs]
 
     assert untimed(_records(run_dir)) == untimed(_records(full_dir))
     assert [r["epoch"] for r in _records(run_dir)] == [1, 2, 3, 4]
+
+
+def test_resume_hides_the_redone_epochs_in_tensorboard(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir = _killed_in_epoch_4_then_resumed(tmp_path)
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/calls")] == [3, 6, 9, 12]

@@ -123,14 +123,15 @@ class MetricsWriter:
 
     def __init__(self, run_dir: Path, resume_epoch: int | None, resume_step: int) -> None:
         """``resume_epoch``: epochs the resumed checkpoint contains (None: a fresh run, which starts
-        a fresh file). Lines for later epochs are dropped; TensorBoard purges events from
-        ``resume_step`` on, for the same reason."""
+        a fresh file). Lines for later epochs are dropped; TensorBoard hides events after
+        ``resume_step`` (the checkpoint's global step, which is also the step of the last kept
+        epoch's scalars when it was written at an epoch's end), for the same reason."""
         self.path = Path(run_dir) / METRICS_NAME
         if resume_epoch is None:
             self.path.unlink(missing_ok=True)
         elif self.path.is_file():
             self._truncate(resume_epoch)
-        self.tb = _summary_writer(Path(run_dir) / TB_DIR, resume_step if resume_epoch is not None else None)
+        self.tb = _summary_writer(Path(run_dir) / TB_DIR, resume_step + 1 if resume_epoch is not None else None)
 
     def _truncate(self, keep_epochs: int) -> None:
         kept = []
