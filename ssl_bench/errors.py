@@ -62,6 +62,9 @@ class TrainingInterrupted(SSLBenchError):
         self.step = step  # global optimiser step
         self.signal_name = signal_name
 
+    def __reduce__(self):  # picklable with its fields (multiprocessing, torchrun's error files)
+        return type(self), (self.args[0], self.path, self.epoch, self.epoch_step, self.step, self.signal_name)
+
 
 class DisabledComponentError(UnknownComponentError, PluginClashError):
     """A name exists but is switched off (a clash or an invalid registration), so asking for it says why.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -94,6 +95,8 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(tmp_path, handlers, unint
     msg = str(exc)
     assert "\n" not in msg and f"Resume with: ssl-bench run toy --resume {run_dir}" in msg
     assert "epoch 2, after step 2 of 3" in msg
+    again = pickle.loads(pickle.dumps(exc))
+    assert (again.path, again.epoch, again.epoch_step, again.step, str(again)) == (exc.path, 1, 2, 5, msg)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)
     assert (state["epoch"], state["epoch_step"], state["step"], len(state["rank_states"])) == (1, 2, 5, 1)
     assert signal.getsignal(signal.SIGINT) == handlers[signal.SIGINT]  # restored on the way out
