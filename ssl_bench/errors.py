@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class SSLBenchError(Exception):
@@ -62,7 +62,7 @@ class TrainingInterrupted(SSLBenchError):
         self.step = step  # global optimiser step
         self.signal_name = signal_name
 
-    def __reduce__(self):  # picklable with its fields (multiprocessing, torchrun's error files)
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # picklable with its fields (multiprocessing, torchrun's error files)
         return type(self), (self.args[0], self.path, self.epoch, self.epoch_step, self.step, self.signal_name)
 
 
