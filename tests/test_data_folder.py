@@ -241,7 +241,7 @@ def test_eval_decode_matches_torchvision_resize_center_crop(folder: Path) -> Non
     diff = (x.float() - ref.float()).abs()
     assert diff.mean() < 0.6 and diff.max() <= 12  # PIL vs torch antialiased bicubic kernels
     # the torchvision decoder runs the same tensor ops as torchvision's v2 transforms: exact
-    tv = FolderSplit(str(folder), size, num_workers=0, decoder="torchvision")
+    tv = FolderSplit(str(folder), size, num_workers=0, decoder="torchvision", draft_margin=None)
     (xt, _), *_ = list(tv.batches(6))
     ref_t = torch.stack([
         F2.center_crop(F2.resize(decode_image(str(p), mode=ImageReadMode.RGB), [128],
@@ -252,7 +252,7 @@ def test_eval_decode_matches_torchvision_resize_center_crop(folder: Path) -> Non
 
 
 def test_eval_resize_ratio_option(folder: Path) -> None:
-    split = FolderSplit(str(folder), 112, num_workers=0, eval_resize_ratio=1.0, decoder="torchvision")
+    split = FolderSplit(str(folder), 112, num_workers=0, eval_resize_ratio=1.0, draft_margin=None)
     (x, _), *_ = list(split.batches(3))
     files = sorted(folder.glob("c0/*.jpg"))[:3]
     ref = torch.stack([_torchvision_eval(p, 112, 112) for p in files])
@@ -263,8 +263,8 @@ def test_eval_resize_ratio_option(folder: Path) -> None:
 
 @pytest.mark.parametrize("margin,bound", [(1.0, 3.5), (2.0, 1.5)])
 def test_dct_draft_decode_is_close_to_the_full_decode(folder: Path, margin: float, bound: float) -> None:
-    pil = FolderSplit(str(folder), 32, num_workers=0, draft_margin=margin)  # DCT scaling where boxes allow
-    full = FolderSplit(str(folder), 32, num_workers=0, decoder="torchvision")  # never scales
+    pil = FolderSplit(str(folder), 32, num_workers=0, decoder="pil", draft_margin=margin)
+    full = FolderSplit(str(folder), 32, num_workers=0, draft_margin=None)  # never DCT-scales
     a, b = _epoch(pil, views=MOCO_VIEWS), _epoch(full, views=MOCO_VIEWS)
     assert sum(pil.draft_counts[k] for k in (2, 4, 8)) >= 5  # the scaled path ran
     assert full.draft_counts == {1: len(full), 2: 0, 4: 0, 8: 0}
@@ -274,14 +274,24 @@ def test_dct_draft_decode_is_close_to_the_full_decode(folder: Path, margin: floa
     # the bicubic antialias kernel; the noisy content here makes both visible (~2.5 at margin 1,
     # ~0.6 at margin 2); a box off by one decoded pixel measures ~4 at margin 1
     assert err.mean() < bound
-    # without DCT scaling both decoders give identical pixels (the same libjpeg-turbo decode)
-    off = FolderSplit(str(folder), 32, num_workers=0, draft_margin=None)
-    assert _same(_epoch(off, views=MOCO_VIEWS), b) and off.draft_counts[1] == len(off)
+    # the default decoder DCT-scales the same way (through PIL), full decodes via torchvision.io
+    tv = FolderSplit(str(folder), 32, num_workers=0, decoder="torchvision", draft_margin=margin)
+    c = _epoch(tv, views=MOCO_VIEWS)
+    assert tv.draft_counts == pil.draft_counts
+    assert max((xa.float() - xc.float()).abs().mean().item() for (xa, _), (xc, _) in zip(a, c)) < 0.1
+
+
+def test_pil_and_torchvision_full_decodes_agree(folder: Path) -> None:
+    """Both are libjpeg-turbo (islow IDCT, fancy upsampling): the same pixels up to build details."""
+    pil = FolderSplit(str(folder), 32, num_workers=0, decoder="pil", draft_margin=None)
+    tv = FolderSplit(str(folder), 32, num_workers=0, decoder="torchvision", draft_margin=None)
+    for (xa, la), (xb, lb) in zip(_epoch(pil, views=MOCO_VIEWS), _epoch(tv, views=MOCO_VIEWS)):
+        assert torch.equal(la, lb) and (xa.float() - xb.float()).abs().mean() < 0.1
 
 
 def test_dct_draft_eval_decode(folder: Path) -> None:
     pil = FolderSplit(str(folder), 32, num_workers=0)  # shorter side 37 from 120+ px: factor 2 to 8
-    full = FolderSplit(str(folder), 32, num_workers=0, decoder="torchvision")
+    full = FolderSplit(str(folder), 32, num_workers=0, draft_margin=None)
     ea, eb = list(pil.batches(8)), list(full.batches(8))
     assert pil.draft_counts[1] < len(pil)
     # a 1/4-1/8 DCT decode low-passes where the full path's bicubic antialias kernel does; on
@@ -292,12 +302,33 @@ def test_dct_draft_eval_decode(folder: Path) -> None:
 
 
 def test_centre_view_is_the_dit_centre_crop(folder: Path) -> None:
-    split = FolderSplit(str(folder), 112, num_workers=0, decoder="torchvision", eval_resize_ratio=1.0)
+    split = FolderSplit(str(folder), 112, num_workers=0, eval_resize_ratio=1.0)
     (views, _), *_ = list(split.batches(4, views=[CropSpec.center(112)]))
     (evals, _), *_ = list(split.batches(4))  # shorter side to 112, centre square
     assert views.shape == (4, 1, 3, 112, 112)
     # crop-then-resize vs resize-then-crop: the same square up to a sub-pixel offset
     assert (views[:, 0].float() - evals.float()).abs().mean() < 3.0
+
+
+@pytest.mark.parametrize("decoder", ["torchvision", "pil"])
+def test_other_formats_and_modes_decode(tmp_path: Path, decoder: str) -> None:
+    """Grey / CMYK JPEGs, PNG with alpha, BMP: all decode to RGB, none counts as unreadable."""
+    rng = np.random.default_rng(5)
+    d = tmp_path / "a"
+    d.mkdir()
+    img = _smooth_image(rng, 150, 170)
+    img.save(d / "rgb.jpg", quality=90)
+    img.convert("L").save(d / "grey.jpg", quality=90)
+    img.convert("CMYK").save(d / "cmyk.jpg", quality=90)
+    img.convert("RGBA").save(d / "alpha.png")
+    img.save(d / "plain.bmp")
+    split = FolderSplit(str(tmp_path), 32, num_workers=0, decoder=decoder)
+    (x, _), = _epoch(split, views=MOCO_VIEWS)
+    (e, _), = list(split.batches(5))
+    assert x.shape == (5, 2, 3, 32, 32) and e.shape == (5, 3, 32, 32) and split.skipped_files == 0
+    ref = e[sorted(p.name for p in d.iterdir()).index("rgb.jpg")].float()
+    for name in ("alpha.png", "plain.bmp", "cmyk.jpg"):  # the same picture (up to JPEG / CMYK loss)
+        assert (e[sorted(p.name for p in d.iterdir()).index(name)].float() - ref).abs().mean() < 12
 
 
 # -------------------------------------------------------------- broken files
@@ -311,7 +342,7 @@ def _break_files(root: Path) -> tuple[Path, Path]:
     return truncated, garbage
 
 
-@pytest.mark.parametrize("decoder,workers", [("pil", 0), ("pil", 1), ("torchvision", 0)])
+@pytest.mark.parametrize("decoder,workers", [("torchvision", 0), ("torchvision", 1), ("pil", 0)])
 def test_unreadable_files_are_substituted_counted_and_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, decoder: str, workers: int
 ) -> None:
@@ -360,8 +391,8 @@ def test_strict_is_quiet_on_good_files(folder: Path) -> None:
 
 def test_load_imagefolder_takes_the_new_options(tmp_path: Path) -> None:
     _make_folder(tmp_path, classes=2, per_class=3)
-    data = load_imagefolder_two_splits(tmp_path, decoder="torchvision", eval_resize_ratio=1.0, limit_train=4)
-    assert isinstance(data.train, FolderSplit) and data.train.decoder == "torchvision"  # type: ignore[attr-defined]
+    data = load_imagefolder_two_splits(tmp_path, decoder="pil", eval_resize_ratio=1.0, limit_train=4)
+    assert isinstance(data.train, FolderSplit) and data.train.decoder == "pil"  # type: ignore[attr-defined]
     assert len(data.train) == 4 and data.train.eval_resize_ratio == 1.0  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="decoder"):
         FolderSplit(str(tmp_path / "train"), 32, decoder="nvjpeg")
@@ -393,7 +424,7 @@ def test_cuda_decoder_matches_the_cpu_decode(tmp_path: Path) -> None:
     _smooth_image(np.random.default_rng(1), 150, 170).save(tmp_path / "c0" / "png.png")
     truncated, _ = _break_files(tmp_path)
     gpu = FolderSplit(str(tmp_path), 32, num_workers=1, decoder="cuda")
-    cpu = FolderSplit(str(tmp_path), 32, num_workers=0, decoder="torchvision")
+    cpu = FolderSplit(str(tmp_path), 32, num_workers=0, draft_margin=None)  # no DCT scaling, as nvJPEG
     a = _epoch(gpu, views=MOCO_VIEWS, device="cuda")
     b = _epoch(cpu, views=MOCO_VIEWS)
     assert a[0][0].device.type == "cuda" and a[0][0].dtype == torch.uint8 and a[0][0].shape == (5, 2, 3, 32, 32)

@@ -382,7 +382,7 @@ def load_imagefolder(
     limit_train: int | None = None,
     limit_test: int | None = None,
     seed: int = 0,
-    decoder: str = "pil",
+    decoder: str = "torchvision",
     strict: bool = False,
     eval_resize_ratio: float = DEFAULT_EVAL_RESIZE_RATIO,
     eval_interpolation: str = "bicubic",
@@ -394,7 +394,7 @@ def load_imagefolder(
     fit in memory. Without crop views a batch is the evaluation decode: shorter side
     to ``round(image_size * eval_resize_ratio)`` (default 256/224: ``Resize(256)``),
     then the centre ``image_size`` square; training asks for views cut from the full
-    image (``batches(views=[CropSpec(...)])``). ``decoder``: pil | torchvision | cuda;
+    image (``batches(views=[CropSpec(...)])``). ``decoder``: torchvision | pil | cuda;
     ``num_workers`` None: one per spare core; ``strict``: check every file up front
     and raise on unreadable ones instead of substituting them; ``draft_margin``: when
     JPEG DCT scaling may be used (None: never). Uses ImageNet's mean/std.

@@ -14,10 +14,16 @@ PIL decode plus a PIL resize per image is too slow to feed a GPU. Here, per imag
    (``transforms.v2.functional.resized_crop``; on x86 its uint8 path is the SIMD
    one, several times faster than ``PIL.Image.resize``: ``benchmarks/data_speed.py``).
 
-Decoders: ``pil`` (PIL/libjpeg-turbo with DCT scaling), ``torchvision``
-(``torchvision.io.decode_image``, libjpeg-turbo without DCT scaling) and ``cuda``
-(workers only read bytes and draw boxes; the main process decodes the batch with
-nvJPEG, ``torchvision.io.decode_jpeg(list, device="cuda")``, and crops on the GPU).
+Decoders (all read the header with PIL and DCT-scale with ``PIL.Image.draft``):
+
+* ``torchvision`` (default): full-size JPEG/PNG decodes with ``torchvision.io.decode_image``
+  (libjpeg-turbo straight into a tensor); other formats and DCT-scaled decodes with PIL;
+* ``pil``: everything with PIL (the same libjpeg-turbo pixels, slower: PIL decodes into
+  a 4-byte-per-pixel buffer that is then packed into the tensor);
+* ``cuda``: workers only read bytes and draw boxes; the main process decodes the batch
+  with nvJPEG (``torchvision.io.decode_jpeg(list, device="cuda")``) and crops on the GPU.
+
+``benchmarks/data_speed.py`` measures them against the standard ImageFolder pipeline.
 
 Unreadable files (truncated, corrupt, vanished) are replaced by the next readable
 file of the same class, so labels stay right, and counted in
@@ -233,26 +239,28 @@ class _FolderReader:
             )
         return torch.stack(out)  # [V, C, S, S]
 
-    def _decode_pil(self, path: str, file_index: int, epoch_seed: int) -> tuple[Tensor, int]:
-        with Image.open(path) as im:
+    def _decode_cpu(self, path: str, file_index: int, epoch_seed: int, libjpeg_via: str) -> tuple[Tensor, int]:
+        """Decode one file on the CPU and cut its views; returns ``(pixels, DCT factor)``.
+
+        The header (PIL) gives the size for the boxes, then the DCT factor is chosen.
+        A DCT-scaled decode always goes through PIL (``draft``; torchvision.io has no
+        DCT scaling). A full-size JPEG/PNG decode goes through ``libjpeg_via``: "pil",
+        or "torchvision" (``torchvision.io.decode_image``: the same libjpeg-turbo decode,
+        written straight into a tensor, where PIL decodes into its own 4-byte-per-pixel
+        buffer that then has to be packed and copied: measurably slower).
+        """
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as im:
             width, height = im.size  # header only: nothing decoded yet
             boxes, factor = self._plan(height, width, file_index, epoch_seed, jpeg=im.format == "JPEG")
             if factor > 1 and im.draft("RGB", (width // factor, height // factor)) is None:
                 factor = 1
-            im.load()
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
-            img = F2.pil_to_tensor(rgb)  # [C, h, w] uint8, HWC in memory (the fast resize layout)
-        return self._cut(img, height, width, boxes, factor), factor
-
-    def _decode_torchvision(self, path: str, file_index: int, epoch_seed: int) -> tuple[Tensor, int]:
-        with open(path, "rb") as f:
-            data = f.read()
-        with Image.open(io.BytesIO(data)) as im:  # header only, for the size the boxes need
-            width, height = im.size
-            jpeg = im.format == "JPEG"
-        if jpeg and _JPEG_EOI not in data[-_EOI_TAIL:]:
-            raise OSError("truncated JPEG (no end-of-image marker)")
-        boxes, _ = self._plan(height, width, file_index, epoch_seed, jpeg=False)  # no DCT scaling in torchvision
+            if libjpeg_via == "pil" or factor > 1 or im.format not in ("JPEG", "PNG"):
+                im.load()
+                rgb = im if im.mode == "RGB" else im.convert("RGB")
+                img = F2.pil_to_tensor(rgb)  # [C, h, w] uint8, HWC in memory (the fast resize layout)
+                return self._cut(img, height, width, boxes, factor), factor
         img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)  # [C, H, W]
         return self._cut(img, height, width, boxes, 1), 1
 
@@ -264,7 +272,7 @@ class _FolderReader:
             width, height = im.size
             gpu_ok = im.format == "JPEG" and im.mode in ("RGB", "L")  # nvJPEG: no CMYK / PNG
         if not gpu_ok:
-            pixels, factor = self._decode_pil(path, file_index, epoch_seed)
+            pixels, factor = self._decode_cpu(path, file_index, epoch_seed, "pil")
             return _Decoded(pixels, file_index, factor)
         if _JPEG_EOI not in data[-_EOI_TAIL:]:
             raise OSError("truncated JPEG (no end-of-image marker)")
@@ -287,8 +295,7 @@ class _FolderReader:
                     out = self._prepare_cuda(path, sample_index, epoch_seed)
                     out.file_index = candidate
                 else:
-                    fn = self._decode_pil if decoder == "pil" else self._decode_torchvision
-                    pixels, factor = fn(path, sample_index, epoch_seed)
+                    pixels, factor = self._decode_cpu(path, sample_index, epoch_seed, decoder)
                     out = _Decoded(pixels, candidate, factor)
             except _UNREADABLE as exc:
                 reason = f"{type(exc).__name__}: {exc}"
@@ -376,8 +383,8 @@ class FolderSplit(ImageSplit):
       ``image_size`` square; the default ratio 256/224 is MAE / MoCo v3's
       ``Resize(256)`` + ``CenterCrop(224)``).
 
-    ``decoder``: ``pil`` (default; JPEG DCT scaling), ``torchvision`` or ``cuda``
-    (nvJPEG on the training GPU; needs ``device="cuda"``). ``num_workers``: None
+    ``decoder``: ``torchvision`` (default), ``pil`` or ``cuda`` (nvJPEG on the
+    training GPU; needs ``device="cuda"``); see the module docstring. ``num_workers``: None
     for :func:`default_num_workers`. Workers are persistent across epochs (one
     pool per set of views) and batches are pinned when the device is CUDA.
     ``strict``: verify every file now and raise on any unreadable file, at build
@@ -392,7 +399,7 @@ class FolderSplit(ImageSplit):
         image_size: int,
         *,
         num_workers: int | None = None,
-        decoder: str = "pil",
+        decoder: str = "torchvision",
         strict: bool = False,
         eval_resize_ratio: float = DEFAULT_EVAL_RESIZE_RATIO,
         eval_interpolation: str = "bicubic",
@@ -403,7 +410,7 @@ class FolderSplit(ImageSplit):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if decoder == "cuda" and not torch.cuda.is_available():
-            raise ValueError("decoder='cuda' needs a CUDA GPU; use decoder='pil' or 'torchvision' on this machine")
+            raise ValueError("decoder='cuda' needs a CUDA GPU; use decoder='torchvision' or 'pil' on this machine")
         if draft_margin is not None and draft_margin < 1:
             raise ValueError(f"draft_margin must be >= 1 (never upsample a DCT-scaled decode) or None, got {draft_margin}")
         if eval_interpolation not in _INTERPOLATION:
@@ -598,7 +605,7 @@ class FolderSplit(ImageSplit):
         for b, img in zip(pos, images, strict=True):
             if img is None:  # nvJPEG refused it: the CPU path (with its substitution rule)
                 index, seed = payload["items"][b]
-                decoded = reader.load(index, seed, decoder="pil")
+                decoded = reader.load(index, seed, decoder="torchvision")
                 self._record({"skipped": decoded.skipped, "draft": [0, 0, 0, 0]})
                 assert decoded.pixels is not None
                 out[b] = decoded.pixels.to(device)
