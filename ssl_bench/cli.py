@@ -1,4 +1,9 @@
-"""`ssl-bench` command line: run, list, eval, leaderboard."""
+"""`ssl-bench` command line: run, list, eval, leaderboard, ... plus the commands plugins register.
+
+Plugin commands come from the `ssl_bench_commands` hook (see `ssl_bench.hookspecs.Command`). The
+registry is imported lazily and only its cheap command stage is loaded to build the parser, so
+`ssl-bench --help` stays quick and still works when a plugin is broken.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ssl_bench.errors import SSLBenchError
+
+if TYPE_CHECKING:
+    from ssl_bench.registry import Entry, Registry
 
 RESULTS_NAME = "results.db"
 
@@ -66,17 +74,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Print every component and plugin command, then every plugin problem; exit 1 if there is one.
+
+    The table goes to stdout (scripts parse it), the problems to stderr, one line each, so a CI job
+    can run `ssl-bench list` to check that a plugin installs cleanly.
+    """
     from ssl_bench.registry import get_registry
 
-    registry = get_registry()
-    rows = [(e.kind, e.name, e.package) for e in registry.by_kind()]
+    registry = get_registry(warn=False)  # the problems are printed below, not logged as warnings too
+    entries = [*registry.by_kind(), *sorted(registry.commands.values(), key=lambda e: e.name)]
+    rows = [(e.kind, e.name, e.package) for e in entries]
     w = [max(len(r[i]) for r in rows + [("kind", "name", "package")]) for i in range(3)]
     print(f"{'kind':<{w[0]}}  {'name':<{w[1]}}  package")
     for kind, name, pkg in rows:
         print(f"{kind:<{w[0]}}  {name:<{w[1]}}  {pkg}")
-    for f in registry.failures:
-        print(f"\nplugin failed to load: package '{f.package}' (entry point '{f.entry_point}'): {f.error}", file=sys.stderr)
-    return 0
+    problems = registry.problems()
+    registry.mark_reported()
+    if problems:
+        sys.stdout.flush()  # the table first, then the problems, also when both go to one terminal
+        print(f"\n{len(problems)} plugin problem{'s' if len(problems) > 1 else ''}:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -178,13 +197,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ssl-bench",
-        description="Train self-supervised methods on one harness and score them with the same evaluators.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
+    """The CLI's own subcommands; a plugin command may not take one of these names."""
     run = sub.add_parser("run", help="train methods, evaluate them and the baselines, print the leaderboard",
                          description="Train each METHOD, score it by k-NN and linear probe on frozen features, "
                                      "add the pixels and random-init baselines, and print the leaderboard.")
@@ -204,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     run.set_defaults(func=cmd_run)
 
-    lst = sub.add_parser("list", help="every registered component with its kind and providing package")
+    lst = sub.add_parser("list", help="every registered component and plugin command with its package; exit 1 on plugin problems",
+                         description="List every registered component and plugin command (kind, name, package), then "
+                                     "report plugin problems: failed imports, name clashes, invalid components and "
+                                     "misspelt hooks. Exits 1 when there is a problem, 0 otherwise.")
     lst.set_defaults(func=cmd_list)
 
     ev = sub.add_parser("eval", help="re-score a trained run directory with the evaluators",
@@ -257,17 +274,140 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--output", default=None, help="PNG path (default RUN_DIR/samples.png)")
     sm.add_argument("--device", default="auto")
     sm.set_defaults(func=cmd_sample)
+
+
+def builtin_command_names() -> list[str]:
+    """The built-in subcommands, read off the parser itself so the list cannot go stale.
+
+    The registry disables plugin commands with these names; drop a built-in from
+    `_add_builtin_commands` and a plugin command of that name takes over.
+    """
+    sub = argparse.ArgumentParser(prog="ssl-bench").add_subparsers()
+    _add_builtin_commands(sub)
+    return list(sub.choices)
+
+
+def _plugin_registry() -> Registry | None:
+    """The registry with commands only (no torch import); None if discovery itself is broken."""
+    try:
+        from ssl_bench.registry import get_registry
+
+        return get_registry(components=False, warn=False)
+    except Exception as exc:  # --help and the built-in commands must survive a bug in discovery
+        log.warning("ssl-bench: warning: plugin commands are unavailable, plugin discovery failed: %r. "
+                    "Fix: run `ssl-bench list` and repair or uninstall the plugin it names.", exc)
+        return None
+
+
+def _plugin_runner(name: str, entry: Entry) -> Callable[[argparse.Namespace], int]:
+    """Dispatch to a plugin command; its crash becomes one line naming the package, like other plugin failures."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            rc: Any = entry.obj.run(args)
+        except (SSLBenchError, FileNotFoundError):  # already one clear line; main prints them as usual
+            raise
+        except Exception as exc:
+            raise SSLBenchError(f"command '{name}' from package '{entry.package}' failed: {exc!r}. "
+                                f"Fix: this is a bug in '{entry.package}'; report it there, or uninstall it.") from exc
+        if rc is None:
+            return 0
+        if isinstance(rc, bool) or not isinstance(rc, int):
+            raise SSLBenchError(f"command '{name}' from package '{entry.package}' returned {rc!r}, not an exit code. "
+                                f"Fix: make its run() return an int in '{entry.package}'.")
+        return rc
+
+    return run
+
+
+def _unavailable(name: str, entry: Entry, error: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise SSLBenchError(f"command '{name}' from package '{entry.package}' is unavailable: {error}. "
+                            f"Fix: this is a bug in '{entry.package}'; report it there, or uninstall it.")
+
+    return run
+
+
+class _AnyArguments(argparse.ArgumentParser):
+    """Stands in for a plugin command whose parser could not be built: takes any arguments, so the
+    user meets the command's failure instead of an argparse usage error."""
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        return argparse.Namespace(**self._defaults), []
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction, registry: Registry) -> None:
+    """One subparser per registered plugin command; a broken `add_arguments` disables only that command."""
+    from ssl_bench.registry import PluginFailure
+
+    for name, entry in sorted(registry.commands.items()):
+        if name in sub.choices:  # a built-in: the registry normally disabled this name already
+            continue
+        cmd = entry.obj
+        p = sub.add_parser(name, help=cmd.help, description=getattr(cmd, "description", None) or cmd.help)
+        try:
+            cmd.add_arguments(p)
+        except Exception as exc:
+            error = f"its add_arguments raised {exc!r}"
+            registry.failures.append(PluginFailure(entry.package, f"command {name}", error))
+            p = _AnyArguments(prog=p.prog, add_help=False)
+            sub.choices[name] = p
+            p.set_defaults(func=_unavailable(name, entry, error))
+            continue
+        p.set_defaults(func=_plugin_runner(name, entry))  # after add_arguments: the plugin cannot override it
+
+
+def build_parser(registry: Registry | None = None, *, plugins: bool = True) -> argparse.ArgumentParser:
+    """The built-in subcommands plus, with `plugins`, those of `registry` (default: the process-wide one)."""
+    parser = argparse.ArgumentParser(
+        prog="ssl-bench",
+        description="Train self-supervised methods on one harness and score them with the same evaluators.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_builtin_commands(sub)
+    if plugins and registry is None:
+        registry = _plugin_registry()
+    if plugins and registry is not None:
+        _add_plugin_commands(sub, registry)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if not log.handlers:  # our messages only; third-party INFO chatter (faiss) stays quiet
-        handler = logging.StreamHandler(sys.stdout)
+class _StdStream(logging.StreamHandler):
+    """A handler on whatever sys.stdout / sys.stderr is when a record is emitted (a redirect, pytest's capture)."""
+
+    def __init__(self, to_stderr: bool) -> None:
+        super().__init__()
+        self.to_stderr = to_stderr
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr if self.to_stderr else sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns one; the property decides
+        pass
+
+
+def _setup_logging() -> None:
+    """Our messages only (third-party INFO chatter such as faiss stays quiet): info to stdout, warnings to stderr."""
+    if log.handlers:
+        return
+    out, err = _StdStream(to_stderr=False), _StdStream(to_stderr=True)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _setup_logging()
+    registry = _plugin_registry()
+    args = build_parser(registry, plugins=registry is not None).parse_args(argv)
+    if registry is not None and args.command != "list":  # `list` prints the problems itself
+        registry.warn_problems()
     try:
         return args.func(args)
     except SSLBenchError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable
 
 
 class SSLBenchError(Exception):
@@ -40,3 +40,38 @@ class NonFiniteLossError(SSLBenchError):
 
 class ConfigError(SSLBenchError, ValueError):
     """A config value is invalid or inconsistent."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, read-only or not writable): the temp file is
+    removed and the previous checkpoint is kept, so the user only has to fix the disk and resume."""
+
+
+class TrainingInterrupted(SSLBenchError):
+    """SIGINT/SIGTERM stopped training at an optimiser-step boundary after a checkpoint was written.
+
+    Carries where to resume from, so the CLI can print the exact command and exit with 130 (the
+    shell's code for Ctrl-C) instead of a traceback.
+    """
+
+    def __init__(self, message: str, path: str, epoch: int, epoch_step: int, step: int, signal_name: str):
+        super().__init__(message)
+        self.path = path  # the checkpoint written before stopping
+        self.epoch = epoch  # epochs completed (the checkpoint's "epoch")
+        self.epoch_step = epoch_step  # optimiser steps done inside the next epoch (0: an epoch boundary)
+        self.step = step  # global optimiser step
+        self.signal_name = signal_name
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:  # picklable with its fields (multiprocessing, torchrun's error files)
+        return type(self), (self.args[0], self.path, self.epoch, self.epoch_step, self.step, self.signal_name)
+
+
+class DisabledComponentError(UnknownComponentError, PluginClashError):
+    """A name exists but is switched off (a clash or an invalid registration), so asking for it says why.
+
+    A subclass of `UnknownComponentError` so callers that handle unknown names handle this one too.
+    """
+
+    def __init__(self, kind: str, name: str, reason: str):
+        SSLBenchError.__init__(self, f"{kind} '{name}' is disabled: {reason}")
+        self.kind, self.name, self.available, self.suggestion, self.reason = kind, name, [], None, reason

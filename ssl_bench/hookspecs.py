@@ -1,13 +1,15 @@
-"""pluggy hook specifications: one hook per component kind.
+"""pluggy hook specifications: one hook per component kind, plus one for CLI subcommands.
 
 A plugin module (found through the ``ssl_bench`` entry-point group) implements any of these hooks
-with ``@hookimpl`` and returns ``{name: factory}``. The registry calls every implementation on its
-own, so it knows which package provided which name and can report clashes precisely.
+with ``@hookimpl`` and returns ``{name: factory}`` (or ``{name: command}`` for
+``ssl_bench_commands``). The registry calls every implementation on its own, so it knows which
+package provided which name and can report clashes precisely.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import argparse
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import pluggy
 
@@ -54,6 +56,40 @@ class ComponentSpecs:
         """Frozen-feature evaluators (k-NN, linear probe, ...)."""
 
 
+@runtime_checkable
+class Command(Protocol):
+    """What `ssl_bench_commands` returns per name: one `ssl-bench NAME ...` subcommand.
+
+    Three members, so a plugin needs no base class from us:
+    ``help`` (one line for `ssl-bench --help`), ``add_arguments(parser)`` (declare the options on
+    the subcommand's own argparse parser) and ``run(args) -> int`` (the exit code; ``None`` counts
+    as 0). An optional ``description`` string is shown by `ssl-bench NAME --help` instead of
+    ``help``. The hook may return a class instead of an instance: it is instantiated once, with no
+    arguments, when the registry is built.
+    """
+
+    help: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int | None: ...
+
+
+class CommandSpecs:
+    """Subcommands of the `ssl-bench` CLI, so a plugin can ship its own workflow (e.g. a chain of runs)."""
+
+    @hookspec
+    def ssl_bench_commands(self) -> dict[str, Command]:
+        """Extra subcommands: ``{name: command}`` with ``command`` a `Command` (instance or class).
+
+        `ssl-bench NAME ...` parses the options `add_arguments` declared and calls ``run(args)``.
+        A name that is a built-in subcommand (run, list, eval, leaderboard, sample, ...) or that
+        another package also registers is disabled with a warning, like any component name clash.
+        ``SSLBenchError`` raised by ``run`` is printed as the usual one-line error; any other
+        exception is reported as a failure of the providing package.
+        """
+
+
 # kind (as shown to users) -> hook name
 KIND_HOOKS: dict[str, str] = {
     "method": "ssl_bench_methods",
@@ -65,3 +101,11 @@ KIND_HOOKS: dict[str, str] = {
     "dataset": "ssl_bench_datasets",
     "evaluator": "ssl_bench_evaluators",
 }
+
+# Commands are not components (nothing builds them from a config), so they get their own kind and table.
+COMMAND_KIND = "command"
+COMMAND_HOOK = "ssl_bench_commands"
+
+# Every hook a plugin may implement: a module function starting with `ssl_bench_` that is not one
+# of these is reported as a misspelt hook (it would silently never be called).
+HOOK_NAMES: frozenset[str] = frozenset([*KIND_HOOKS.values(), COMMAND_HOOK])

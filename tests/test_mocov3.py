@@ -1,5 +1,7 @@
-"""MoCo v3 plugin: loss, momentum schedule and update, frozen patch projection, view augmentations,
-and the distributed (gathered-key) loss against the single-process loss on the same global batch."""
+"""MoCo v3 plugin: momentum schedule and update as wired into the method, frozen patch projection,
+view augmentations, and the distributed (gathered-key) loss against the single-process loss on the
+same global batch. The core parts it is built from (InfoNCE, MLP heads, momentum schedule/update,
+two-view augmentation) are unit-tested in tests/test_joint_embedding.py."""
 
 from __future__ import annotations
 
@@ -15,17 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from ssl_bench.components.losses import symmetric_info_nce
+from ssl_bench.components.momentum import momentum_at
 from ssl_bench.data import augment as A
 from ssl_bench.data.base import DatasetInfo
 from ssl_bench.registry import build_registry
 from ssl_bench.runner import build_method, method_config
 from ssl_bench.train.loop import build_optimizer
-from ssl_bench_plugins.mocov3.heads import build_mlp
-from ssl_bench_plugins.mocov3.loss import contrastive_loss, symmetric_loss
-from ssl_bench_plugins.mocov3.method import MoCoV3, momentum_at, momentum_update_
+from ssl_bench_plugins.mocov3.method import MoCoV3
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "train.batch_size=16"]
@@ -65,75 +65,7 @@ def _images(n: int = 16, c: int = 1, size: int = 8, seed: int = 0) -> torch.Tens
     return torch.randint(0, 256, (n, c, size, size), generator=g, dtype=torch.uint8)
 
 
-def _direct_ctr(q: torch.Tensor, k: torch.Tensor, t: float, rank: int = 0) -> torch.Tensor:
-    """Written-out InfoNCE in float64: -mean_i log softmax(q_i . k / t)[N*rank + i], times 2t."""
-    q = q.double() / q.double().norm(dim=1, keepdim=True)
-    k = k.double() / k.double().norm(dim=1, keepdim=True)
-    logits = q @ k.t() / t  # [N, M]
-    n = q.shape[0]
-    pos = logits[torch.arange(n), torch.arange(n) + n * rank]
-    return (torch.logsumexp(logits, dim=1) - pos).mean() * 2 * t
-
-
-# ------------------------------------------------------------------------------------ (1) loss
-
-
-def test_contrastive_loss_matches_direct_computation():
-    g = torch.Generator().manual_seed(0)
-    q1, q2, k1, k2 = (torch.randn(12, 16, generator=g) * 3 for _ in range(4))
-    t = 0.2
-    assert float(contrastive_loss(q1, k2, t)) == pytest.approx(float(_direct_ctr(q1, k2, t)), rel=1e-5)
-    # the 2T factor: the plain cross-entropy times 0.4
-    ce = F.cross_entropy(F.normalize(q1, dim=1) @ F.normalize(k2, dim=1).t() / t, torch.arange(12))
-    assert float(contrastive_loss(q1, k2, t)) == pytest.approx(0.4 * float(ce), rel=1e-5)
-    # temperature 1.0 -> factor 2
-    assert float(contrastive_loss(q1, k2, 1.0)) == pytest.approx(float(_direct_ctr(q1, k2, 1.0)), rel=1e-5)
-    # symmetric sum
-    expect = _direct_ctr(q1, k2, t) + _direct_ctr(q2, k1, t)
-    assert float(symmetric_loss(q1, q2, k1, k2, t)) == pytest.approx(float(expect), rel=1e-5)
-    # keys are stop-gradient targets; scale of q/k does not matter (L2-normalised)
-    qg = q1.clone().requires_grad_(True)
-    kg = k2.clone().requires_grad_(True)
-    contrastive_loss(qg, kg, t).backward()
-    assert kg.grad is None and qg.grad is not None
-    assert float(contrastive_loss(5 * q1, 0.1 * k2, t)) == pytest.approx(float(contrastive_loss(q1, k2, t)), rel=1e-5)
-
-
-def test_contrastive_loss_rank_offset_with_global_keys():
-    """rank r's queries have their positives at rows N*r + i of the global keys."""
-    g = torch.Generator().manual_seed(1)
-    q, k = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
-    t = 0.2
-    per_rank = [contrastive_loss(q[4 * r: 4 * r + 4], k, t, rank=r, gather=False) for r in range(2)]
-    for r in range(2):
-        assert float(per_rank[r]) == pytest.approx(float(_direct_ctr(q[4 * r: 4 * r + 4], k, t, rank=r)), rel=1e-5)
-    assert float(sum(per_rank) / 2) == pytest.approx(float(contrastive_loss(q, k, t)), rel=1e-5)
-    with pytest.raises(ValueError):
-        contrastive_loss(q, k[:4], t, rank=1, gather=False)
-
-
-def test_mlp_heads_structure():
-    proj = build_mlp(3, 32, 64, 16, last_bn=True)
-    linears = [m for m in proj if isinstance(m, nn.Linear)]
-    bns = [m for m in proj if isinstance(m, nn.BatchNorm1d)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(32, 64), (64, 64), (64, 16)]
-    assert all(m.bias is None for m in linears)
-    assert [m.affine for m in bns] == [True, True, False]
-    assert sum(isinstance(m, nn.ReLU) for m in proj) == 2
-    pred = build_mlp(2, 16, 64, 16, last_bn=False)
-    assert not isinstance(pred[-1], nn.BatchNorm1d) and isinstance(pred[-1], nn.Linear)
-
-
-# ------------------------------------------------------------------------ (2) momentum schedule
-
-
-def test_momentum_schedule():
-    for e_total in (1, 10, 300):
-        assert momentum_at(0, e_total, 0.99) == pytest.approx(0.99, abs=1e-12)
-        assert momentum_at(e_total / 2, e_total, 0.99) == pytest.approx(0.995, abs=1e-12)
-        assert momentum_at(e_total, e_total, 0.99) == pytest.approx(1.0, abs=1e-12)
-    ms = [momentum_at(e / 10, 3, 0.99) for e in range(31)]
-    assert all(b >= a for a, b in zip(ms, ms[1:]))  # monotone
+# ------------------------------------------------------------------------ (1) momentum schedule
 
 
 def test_method_momentum_follows_loop_hook():
@@ -151,22 +83,7 @@ def test_method_momentum_follows_loop_hook():
     assert const.momentum == pytest.approx(0.99)
 
 
-# -------------------------------------------------------------------------- (3) momentum update
-
-
-def test_momentum_update_is_exact_on_tiny_model():
-    torch.manual_seed(0)
-    base = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
-    mom = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3))
-    with torch.no_grad():
-        for p in mom.parameters():
-            p.normal_()
-    old = [p.detach().double().clone() for p in mom.parameters()]
-    m = 0.9
-    momentum_update_(list(mom.parameters()), list(base.parameters()), m)
-    for p_k, p_old, p_q in zip(mom.parameters(), old, base.parameters()):
-        expect = m * p_old + (1 - m) * p_q.detach().double()
-        assert torch.allclose(p_k.double(), expect, rtol=0, atol=1e-6)
+# -------------------------------------------------------------------------- (2) momentum update
 
 
 def test_method_update_and_ordering():
@@ -193,7 +110,7 @@ def test_method_update_and_ordering():
     assert not opt_ids & {id(p) for p in model._momentum_params()}
 
 
-# ------------------------------------------------------------- (4) frozen patch projection, wd
+# ------------------------------------------------------------- (3) frozen patch projection, wd
 
 
 def test_frozen_patch_projection_and_all_params_decayed():
@@ -228,7 +145,7 @@ def test_frozen_patch_projection_and_all_params_decayed():
     assert any(not torch.equal(a, b) for a, b in zip(mom0, model._momentum_params()))
 
 
-# ---------------------------------------------------------------------- (5) view augmentations
+# ---------------------------------------------------------------------- (4) view augmentations
 
 
 def _pipeline(view: A.ViewAugment) -> list[tuple[str, object]]:
@@ -265,7 +182,7 @@ def test_view_pipeline_keeps_shape_dtype_range(channels):
         assert torch.equal(out, view(x0, model.info.mean, model.info.std, torch.Generator().manual_seed(0)))
 
 
-# ------------------------------------------------------------------------------ (6) two ranks
+# ------------------------------------------------------------------------------ (5) two ranks
 
 
 def _free_port() -> int:
@@ -295,7 +212,7 @@ def _ddp_worker(out_dir: str) -> None:
     n = q1.shape[0] // world
     sl = slice(rank * n, (rank + 1) * n)
     q1l, q2l = q1[sl].clone().requires_grad_(True), q2[sl].clone().requires_grad_(True)
-    loss = symmetric_loss(q1l, q2l, k1[sl], k2[sl], 0.2)  # keys gathered inside
+    loss = symmetric_info_nce(q1l, q2l, k1[sl], k2[sl], 0.2)  # keys gathered inside
     loss.backward()
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
@@ -345,7 +262,7 @@ def test_two_rank_gathered_loss_matches_single_process(tmp_path):
 
     q1, q2, k1, k2 = _fixed_qk()
     q1g, q2g = q1.clone().requires_grad_(True), q2.clone().requires_grad_(True)
-    ref = symmetric_loss(q1g, q2g, k1, k2, 0.2)  # one process, the global batch of 8
+    ref = symmetric_info_nce(q1g, q2g, k1, k2, 0.2)  # one process, the global batch of 8
     ref.backward()
     assert res["loss"] == pytest.approx(float(ref.detach()), rel=1e-5)
     # rank r's rows [q1 grads; q2 grads] of its 4 samples, stacked in rank order

@@ -1,8 +1,10 @@
-"""A third-party plugin package, pip-installed, registers a method that trains and is ranked."""
+"""A third-party plugin package, pip-installed, registers methods that train and are ranked: the
+example package registers RotNet and SimSiam (the latter built from the core's joint-embedding parts)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "ssl-bench-rotnet"
+EXAMPLE = ROOT / "examples" / "ssl-bench-example"
 BIN = Path(sys.executable).parent
 
 
@@ -19,7 +21,9 @@ def installed_example():
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(EXAMPLE)]
     subprocess.run(pip, check=True, capture_output=True)
     yield
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "ssl-bench-rotnet"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "ssl-bench-example"], check=True, capture_output=True)
+    for leftover in (EXAMPLE / "build", EXAMPLE / "ssl_bench_example.egg-info"):  # written by the in-tree build
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -30,16 +34,74 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_example_plugin_trains_and_appears_on_leaderboard(installed_example, tmp_path):
     listing = _cli("list", cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
-    row = [line for line in listing.stdout.splitlines() if " rotnet " in f" {line} "]
-    assert row and row[0].split()[0] == "method" and row[0].split()[-1] == "ssl-bench-rotnet"
+    for name in ("rotnet", "simsiam"):
+        row = [line for line in listing.stdout.splitlines() if f" {name} " in f" {line} "]
+        assert row and row[0].split()[0] == "method" and row[0].split()[-1] == "ssl-bench-example", listing.stdout
     run = _cli(
-        "run", "rotnet", "--backbone", "vit-nano", "--epochs", "1", "--out", "runs",
+        "run", "rotnet", "simsiam", "--backbone", "vit-nano", "--epochs", "1", "--out", "runs",
         "--set", "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
         "dataset.limit_train=256", "dataset.limit_test=128", "train.batch_size=64",
         "eval.linear.epochs=3", "eval.linear.warmup_epochs=1", cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "| rotnet" in run.stdout and "| pixels" in run.stdout
+    assert "| rotnet" in run.stdout and "| simsiam" in run.stdout and "| pixels" in run.stdout
+
+
+def _simsiam(monkeypatch: pytest.MonkeyPatch, *extra: str):
+    """A tiny SimSiam built from the example's source (no pip install): registered explicitly
+    unless the installed example already provides it."""
+    import importlib
+
+    from ssl_bench.data.base import DatasetInfo
+    from ssl_bench.registry import build_registry
+    from ssl_bench.runner import build_method, method_config
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    reg = build_registry()
+    if "simsiam" not in reg.names("method"):
+        reg = build_registry(extra_modules=[("ssl-bench-example", importlib.import_module("ssl_bench_example"))])
+    tiny = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "train.batch_size=16", *extra]
+    cfg = method_config("simsiam", reg, cli={"backbone.name": "vit-nano"}, set_items=tiny)
+    info = DatasetInfo("random", 10, 3, 8, (0.5,) * 3, (0.25,) * 3, default_patch_size=2)
+    return build_method(cfg, reg, info)
+
+
+def test_example_simsiam_heads_groups_and_step(monkeypatch):
+    """SimSiam from the core parts: paper-shaped heads, the predictor alone in a fixed-lr group,
+    a finite negative-cosine loss whose gradient reaches encoder, projector and predictor."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = _simsiam(monkeypatch)
+    assert model.batch_coupled_loss
+    proj_bns = [m for m in model.projector if isinstance(m, nn.BatchNorm1d)]
+    assert len(proj_bns) == 3 and not proj_bns[-1].affine  # BN on every layer, output BN
+    pred = model.predictor
+    assert isinstance(pred[-1], nn.Linear) and pred[-1].bias is not None  # plain Linear out
+    assert pred[0].out_features < pred[0].in_features  # bottleneck (512 -> 128 on vit-nano)
+
+    groups = model.param_groups(0.1)
+    assert [g.get("fixed_lr", False) for g in groups] == [False, True]
+    assert all(g["weight_decay"] == 0.1 for g in groups)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.predictor.parameters()}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in groups for p in g["params"]} == trainable
+    assert sum(len(g["params"]) for g in groups) == len(trainable)  # no parameter twice
+
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    model.train()
+    out = model(images, torch.zeros(16, dtype=torch.long), torch.Generator().manual_seed(2))
+    assert torch.isfinite(out.loss) and -1.0 <= out.loss.item() <= 1.0
+    assert 0.0 < float(out.logs["z_std"]) < 1.0
+    out.loss.backward()
+    for part in (model.backbone.vit.blocks, model.projector, model.predictor):
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in part.parameters())
+    views = torch.randint(0, 256, (16, 2, 3, 8, 8), dtype=torch.uint8)  # cropped by a loader
+    assert torch.isfinite(model(views, torch.zeros(16, dtype=torch.long), torch.Generator().manual_seed(3)).loss)
+
+    plain = _simsiam(monkeypatch, "method.fix_pred_lr=False")
+    assert [g.get("fixed_lr", False) for g in plain.param_groups(0.1)] == [False, False]
 
 
 def test_first_party_plugins_are_not_a_bare_plugins_package():

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from ssl_bench.errors import PluginClashError, UnknownComponentError
+from ssl_bench.errors import UnknownComponentError
 from ssl_bench.hookspecs import KIND_HOOKS, hookimpl
 from ssl_bench.registry import Registry, build_registry
 
@@ -32,12 +32,18 @@ def test_every_kind_has_a_hook():
 
 
 def test_name_clash_names_both_packages():
-    class Other:  # a different object under an existing name
+    """A clash no longer raises (it broke every command): the first-party name wins, the other is disabled."""
+    from ssl_bench_plugins.mae.method import MAE
+
+    class Other(MAE):  # a different, valid method under an existing name
         pass
 
     clash = _module("clash_plugin", ssl_bench_methods={"mae": Other})
-    with pytest.raises(PluginClashError, match="'ssl-bench' and 'clash-pkg'"):
-        build_registry(extra_modules=[("clash-pkg", clash)])
+    reg = build_registry(extra_modules=[("clash-pkg", clash)])
+    assert reg.get("method", "mae") is MAE and reg.entry("method", "mae").package == "ssl-bench"
+    [problem] = [c.message() for c in reg.clashes if c.name == "mae"]
+    assert "'ssl-bench' and 'clash-pkg'" in problem and "Fix: rename the method in 'clash-pkg'" in problem
+    assert problem in reg.problems()
 
 
 def test_broken_hook_is_reported_and_others_keep_working():

@@ -39,6 +39,37 @@ class CoupledLoss(MeanFeatureLoss):
     batch_coupled_loss = True
 
 
+def harness_cfg(tmp_path, *extra: str) -> Any:
+    """The harness defaults only (no method's default config), tiny backbone, 48 images in steps of
+    16: the other tests/test_train_*.py build on this so they do not depend on any plugin."""
+    from ssl_bench.config import load_config
+
+    cfg = load_config(
+        None, cli={"backbone.name": "vit-nano", "out": str(tmp_path / "runs")},
+        set_items=[
+            "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
+            "train.batch_size=16", "train.epochs=2", "train.warmup_epochs=1", *extra,
+        ],
+    )
+    cfg.method = {"name": "toy"}  # what the runner adds; the resume hint names it
+    return cfg
+
+
+def make_run(tmp_path, method_cls: type[Method], *extra: str, n: int = 48) -> tuple[Method, TensorSplit, Any, Any]:
+    """(method, split, cfg, run_dir): a fresh method with the same initial weights on every call
+    (seeded), random uint8 8x8 images and a new run directory under ``tmp_path``."""
+    from ssl_bench.registry import get_registry
+
+    cfg = harness_cfg(tmp_path, *extra)
+    torch.manual_seed(0)
+    method = method_cls(cfg, build_backbone(cfg, get_registry(), INFO), INFO)
+    g = torch.Generator().manual_seed(1)
+    split = TensorSplit(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g), torch.arange(n) % 10)
+    run_dir = tmp_path / f"run-{sum(1 for p in tmp_path.iterdir() if p.name.startswith('run-'))}"
+    run_dir.mkdir()
+    return method, split, cfg, run_dir
+
+
 def _train(
     tiny_cfg: Any, tmp_path, method_cls: type[Method], *extra: str, grads: list[list[Tensor]] | None = None
 ) -> tuple[Method, Any, list[Tensor]]:

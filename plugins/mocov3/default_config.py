@@ -1,5 +1,6 @@
-# MoCo v3 defaults (METHODS.md section 3, facts 23-26). Paper values are kept where they do not
-# depend on the hardware; epochs/batch are CPU-sized here and set to the paper's in benchmarks/table4/.
+# MoCo v3 defaults (Chen, Xie, He 2021 §5; facebookresearch/moco-v3 main_moco.py, CONFIG.md). Paper
+# values are kept where they do not depend on the hardware; epochs/batch are CPU-sized here and set
+# to the paper's in benchmarks/table4/.
 method = dict(
     name="mocov3",
     temperature=0.2,  # ViT value (ResNet: 1.0); the loss is CE(q k^T / T) * 2T

@@ -2,16 +2,20 @@
 followed by a predictor gives queries, a momentum copy of backbone + projector gives keys, and a
 symmetrised InfoNCE (temperature 0.2, scaled by 2T) pulls each query to the other view's key.
 
-Spec: /work/shared/design/METHODS.md §3 and facts 23-26. Differences from the official code are
-listed in ``MoCoV3``'s docstring.
+Paper: Chen, Xie, He 2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
+§3 (Alg. 1), §4 (the frozen random patch projection) and §5 (implementation details); official
+code: facebookresearch/moco-v3 ``moco/builder.py``, ``main_moco.py``, ``vits.py``. Differences from
+the official code are listed in ``MoCoV3``'s docstring.
+
+The reusable joint-embedding parts come from the core: MLP heads (``ssl_bench.components.heads``),
+the InfoNCE loss (``ssl_bench.components.losses``), the momentum schedule and encoder
+(``ssl_bench.components.momentum``) and the two views (``ssl_bench.data.augment.TwoViewAugment``).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +25,15 @@ from torch import Tensor, nn
 
 from ssl_bench.components.backbones import ViTBackbone
 from ssl_bench.components.base import Method, StepOutput
-from ssl_bench.data.augment import byol_view_pair
-
-from .heads import build_mlp
-from .loss import symmetric_loss
+from ssl_bench.components.heads import build_mlp
+from ssl_bench.components.losses import symmetric_info_nce
+from ssl_bench.components.momentum import MomentumEncoder, momentum_at
+from ssl_bench.data.augment import TwoViewAugment
 
 log = logging.getLogger("ssl_bench.mocov3")
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-
-def momentum_at(epoch_progress: float, total_epochs: float, m0: float) -> float:
-    """Cosine momentum schedule (``--moco-m-cos``): ``1 - 0.5 (1 + cos(pi e / E)) (1 - m0)``.
-
-    ``e`` is the fractional epoch (``epoch + i / iters_per_epoch``). m(0) = m0, m(E/2) =
-    (1 + m0) / 2, m(E) = 1: the keys move less and less as training converges.
-    """
-    if total_epochs <= 0:
-        return m0
-    return 1.0 - 0.5 * (1.0 + math.cos(math.pi * epoch_progress / total_epochs)) * (1.0 - m0)
-
-
-@torch.no_grad()
-def momentum_update_(momentum_params: Sequence[Tensor], base_params: Sequence[Tensor], m: float) -> None:
-    """In place: ``theta_k <- m * theta_k + (1 - m) * theta_q`` for every pair (exact, no lerp)."""
-    if len(momentum_params) != len(base_params):
-        raise ValueError(f"{len(momentum_params)} momentum params vs {len(base_params)} base params")
-    if not momentum_params:
-        return
-    momentum_params, base_params = list(momentum_params), list(base_params)
-    torch._foreach_mul_(momentum_params, m)
-    torch._foreach_add_(momentum_params, base_params, alpha=1.0 - m)
 
 
 def head_sizes(cfg: Any, backbone_name: str, embed_dim: int) -> tuple[int, int, int]:
@@ -72,7 +53,8 @@ def head_sizes(cfg: Any, backbone_name: str, embed_dim: int) -> tuple[int, int, 
 
 
 def mocov3_vit_init_(backbone: ViTBackbone) -> None:
-    """The official ``VisionTransformerMoCo`` initialisation (METHODS.md §3.4), on the timm ViT.
+    """The official ``VisionTransformerMoCo`` initialisation (facebookresearch/moco-v3 ``vits.py``),
+    on the timm ViT.
 
     qkv: uniform(+-sqrt(6 / (D_out/3 + D_in))), i.e. xavier for Q, K, V as three separate matrices;
     other Linears xavier-uniform; all Linear biases 0; cls token N(0, 1e-6); patch projection
@@ -146,7 +128,7 @@ class MoCoV3(Method):
       exact arithmetic but can drift by an ulp per step in float32.
     * SyncBatchNorm is used only where PyTorch supports it (see :func:`use_sync_bn`). The conversion
       is done at construction, which the runner does after joining the process group.
-    * The loss runs in float32 even under bf16 autocast (see ``loss.py``).
+    * The loss runs in float32 even under bf16 autocast (see ``ssl_bench.components.losses``).
     """
 
     default_config = Path(__file__).parent / "default_config.py"
@@ -177,31 +159,27 @@ class MoCoV3(Method):
             self.projector = nn.SyncBatchNorm.convert_sync_batchnorm(self.projector)
             self.predictor = nn.SyncBatchNorm.convert_sync_batchnorm(self.predictor)
 
-        # momentum encoder: same weights at the start, never trained by the optimiser
-        self.momentum_backbone = copy.deepcopy(backbone)
-        self.momentum_projector = copy.deepcopy(self.projector)
-        for p in self._momentum_params():
-            p.requires_grad_(False)
-        # (momentum, base) pairs of the trainable parameters, built once: .to() and load_state_dict
-        # update parameters in place, so the same objects stay valid for every step
-        pairs = [(k, q) for q, k in zip(self._base_params(), self._momentum_params(), strict=True) if q.requires_grad]
-        self._ema_targets, self._ema_sources = [k for k, _ in pairs], [q for _, q in pairs]
+        # momentum encoder: a frozen copy of backbone + projector (same weights at the start, never
+        # trained by the optimiser), registered under this module's names so checkpoints keep them;
+        # built after the patch projection is frozen, so only trainable parameters are EMA-updated
+        self._momentum_encoder = MomentumEncoder(self.backbone, self.projector)
+        self.momentum_backbone, self.momentum_projector = self._momentum_encoder.modules
 
-        size = info.image_size
-        self.view1, self.view2 = byol_view_pair(size, scale=tuple(mcfg.crop_scale))
+        self.two_views = TwoViewAugment.byol(info.image_size, scale=tuple(mcfg.crop_scale))
+        self.view1, self.view2 = self.two_views.view1, self.two_views.view2
 
     # -- parameters ---------------------------------------------------------------------------
 
     def _base_params(self) -> list[nn.Parameter]:
-        return [*self.backbone.parameters(), *self.projector.parameters()]
+        return self._momentum_encoder.base_parameters()
 
     def _momentum_params(self) -> list[nn.Parameter]:
-        return [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]
+        return self._momentum_encoder.momentum_parameters()
 
     @torch.no_grad()
     def update_momentum_encoder(self, m: float) -> None:
         """theta_k <- m theta_k + (1 - m) theta_q over backbone + projector (trainable params only)."""
-        momentum_update_(self._ema_targets, self._ema_sources, m)
+        self._momentum_encoder.update_(m)
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """One group: MoCo v3 applies weight decay to every parameter (no bias/norm exclusion).
@@ -235,12 +213,11 @@ class MoCoV3(Method):
         return projector(h[:n]), projector(h[n:])  # [N, P] each
 
     def augmentation_only(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """The two asymmetric views of a uint8 batch, stacked [2N, C, H, W] (timed on its own by
-        benchmarks/throughput.py: augmentation is MoCo v3's main non-network cost)."""
-        mean, std = self.info.mean, self.info.std
-        x1 = self.view1(images, mean, std, generator)  # [N, C, H, W] always blurred
-        x2 = self.view2(images, mean, std, generator)  # [N, C, H, W] rarely blurred, solarized
-        return torch.cat([x1, x2], dim=0)
+        """The two asymmetric views of a uint8 batch (``[N, C, H, W]``, or ``[N, 2, C, S, S]``
+        already cropped by the loader), stacked [2N, C, S, S]: view 1 always blurred, view 2 rarely
+        blurred but solarized. Timed on its own by benchmarks/throughput.py: augmentation is MoCo
+        v3's main non-network cost."""
+        return self.two_views(images, self.info.mean, self.info.std, generator)
 
     def training_step(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> StepOutput:
         x = self.augmentation_only(images, generator)  # [2N, C, H, W]
@@ -253,7 +230,7 @@ class MoCoV3(Method):
             self.update_momentum_encoder(self.momentum)  # before the keys, as the official forward
             k1, k2 = self._embed(self.momentum_backbone, self.momentum_projector, x, n)  # [N, P]
 
-        loss = symmetric_loss(q1, q2, k1, k2, self.temperature)
+        loss = symmetric_info_nce(q1, q2, k1, k2, self.temperature)
         return StepOutput(loss, {"loss": loss.detach(), "momentum": self.momentum})
 
     # -- probing ------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ train = dict(
     blr=1.5e-4,  # lr = blr * global_batch / 256
     min_lr=0.0,
     warmup_epochs=1,
+    optimizer="adamw",  # adamw | sgd | lars (timm.optim.Lars: no decay/adaptation for biases and norms, as MAE)
     weight_decay=0.05,
     betas=(0.9, 0.95),
+    momentum=0.9,  # sgd and lars only (betas are adamw's)
     grad_clip=None,
     device="auto",  # auto: cuda if available, else cpu
     amp="auto",  # auto: bf16 autocast on CUDA only (it is ~10x slower on CPU)

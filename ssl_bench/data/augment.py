@@ -364,8 +364,22 @@ class ViewAugment:
     def __call__(
         self, x: Tensor, mean: Sequence[float], std: Sequence[float], generator: torch.Generator | None
     ) -> Tensor:
+        """uint8 (or float [0, 1]) ``[B, C, H, W]`` -> normalised view ``[B, C, size, size]``."""
         out = random_resized_crop(to_float01(x), self.size, self.scale, self.ratio, generator)
-        out = random_horizontal_flip(out, self.flip_p, generator)
+        return self.after_crop(out, mean, std, generator)
+
+    def after_crop(
+        self, x: Tensor, mean: Sequence[float], std: Sequence[float], generator: torch.Generator | None
+    ) -> Tensor:
+        """Everything but the crop: flip, jitter, grayscale, blur, solarize, normalise.
+
+        For views already cropped (by :meth:`__call__`, or by a data loader that crops in its
+        worker processes): ``x`` is uint8 or float [0, 1] ``[B, C, size, size]``.
+        """
+        _check_batch(x)
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"a cropped view must be {self.size}x{self.size}, got {tuple(x.shape[-2:])}")
+        out = random_horizontal_flip(to_float01(x), self.flip_p, generator)
         out = color_jitter(
             out, self.brightness, self.contrast, self.saturation, self.hue, self.jitter_p, generator
         )
@@ -376,11 +390,57 @@ class ViewAugment:
 
 
 def byol_view_pair(size: int, scale: tuple[float, float] = (0.08, 1.0)) -> tuple[ViewAugment, ViewAugment]:
-    """BYOL / MoCo v3 asymmetric views: blur 1.0 / 0.1, solarize 0.0 / 0.2."""
+    """BYOL / MoCo v3 asymmetric views: blur 1.0 / 0.1, solarize 0.0 / 0.2.
+
+    BYOL (Grill et al. 2020) appendix B, Table 6; MoCo v3 uses the same pair
+    (facebookresearch/moco-v3 ``main_moco.py``, ``augmentation1`` / ``augmentation2``).
+    """
     return (
         ViewAugment(size, scale=scale, blur_p=1.0, solarize_p=0.0),
         ViewAugment(size, scale=scale, blur_p=0.1, solarize_p=0.2),
     )
+
+
+@dataclass
+class TwoViewAugment:
+    """Two augmented views of every image, stacked ``[2N, C, size, size]`` (view 1 rows first).
+
+    Why one object: joint-embedding methods (MoCo v3, SimSiam, BYOL) all need the same two-view
+    batch; both views are drawn from one generator, view 1 first, so a run is reproducible from
+    its seed. Stacking lets a ViT encode both views in one pass (no cross-sample operation in a
+    ViT); BatchNorm heads should still see each view as its own batch (split at ``N``).
+
+    Input:
+
+    * uint8 (or float [0, 1]) ``[N, C, H, W]``: each view crops the image itself;
+    * uint8 ``[N, 2, C, size, size]``: two views already cropped by the data loader (e.g. in its
+      worker processes); each view then skips its random-resized crop and does the rest
+      (:meth:`ViewAugment.after_crop`). The crop's random numbers are then not drawn.
+
+    ``TwoViewAugment.byol(size, scale)`` is MoCo v3's / BYOL's asymmetric pair; a symmetric pair
+    is ``TwoViewAugment(view, view)``.
+    """
+
+    view1: ViewAugment
+    view2: ViewAugment
+
+    @classmethod
+    def byol(cls, size: int, scale: tuple[float, float] = (0.08, 1.0)) -> TwoViewAugment:
+        """The BYOL / MoCo v3 asymmetric pair (:func:`byol_view_pair`)."""
+        return cls(*byol_view_pair(size, scale=scale))
+
+    def __call__(
+        self, images: Tensor, mean: Sequence[float], std: Sequence[float], generator: torch.Generator | None
+    ) -> Tensor:
+        if images.dim() == 5:  # [N, 2, C, S, S] views cropped by the loader
+            if images.shape[1] != 2:
+                raise ValueError(f"expected two pre-cropped views [N, 2, C, S, S], got {tuple(images.shape)}")
+            x1 = self.view1.after_crop(images[:, 0], mean, std, generator)  # [N, C, S, S]
+            x2 = self.view2.after_crop(images[:, 1], mean, std, generator)  # [N, C, S, S]
+        else:
+            x1 = self.view1(images, mean, std, generator)  # [N, C, size, size]
+            x2 = self.view2(images, mean, std, generator)  # [N, C, size, size]
+        return torch.cat([x1, x2], dim=0)  # [2N, C, size, size]
 
 
 def eval_transform(

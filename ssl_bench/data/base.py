@@ -2,7 +2,11 @@
 
 Images are always handed out as ``uint8`` tensors ``[B, C, H, W]``: augmentation
 happens afterwards, batched on the training device (see ``augment.py``), so the
-data pipeline only has to produce raw pixels in a reproducible order.
+data pipeline only has to produce raw pixels in a reproducible order. The one
+exception is the crop of a decoded-from-file split: ``batches(views=...)`` asks a
+:class:`~ssl_bench.data.folder.FolderSplit` for ``uint8 [B, V, C, S, S]`` views cut
+from the *full* image (see ``crops.py`` for why); in-memory splits ignore ``views``
+and return whole images, which the method crops on the device.
 
 Ordering rules (identical for every split type, see :func:`epoch_index_batches`):
 
@@ -21,11 +25,15 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-Batch = tuple[Tensor, Tensor]  # (uint8 [B, C, H, W], int64 [B])
+if TYPE_CHECKING:
+    from .crops import CropSpec
+
+Batch = tuple[Tensor, Tensor]  # (uint8 [B, C, H, W] or, with views, [B, V, C, S, S]; int64 [B])
 
 
 @dataclass(frozen=True)
@@ -194,8 +202,14 @@ class ImageSplit(ABC):
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str = "cpu",
+        views: Sequence[CropSpec] | None = None,
     ) -> Iterator[Batch]:
         """Yield ``(images uint8 [B, C, H, W], labels int64 [B])`` on ``device``.
+
+        ``views``: crops to cut from each full image, for splits that decode files
+        (:class:`~ssl_bench.data.folder.FolderSplit` then yields ``[B, V, C, S, S]``);
+        in-memory splits ignore it and yield whole images (the method crops them on
+        the device), without drawing anything extra from ``generator``.
 
         The index order is fixed eagerly (the generator is consumed at call time),
         so two calls with generators in the same state yield the same batches.
@@ -209,7 +223,23 @@ class ImageSplit(ABC):
             rank=rank,
             world_size=world_size,
         )
-        return self._load(index_batches, torch.device(device))
+        return self._load_views(index_batches, torch.device(device), views, generator)
+
+    def _load_views(
+        self,
+        index_batches: list[Tensor],
+        device: torch.device,
+        views: Sequence[CropSpec] | None,
+        generator: torch.Generator | None,
+    ) -> Iterator[Batch]:
+        """Materialise batches, cropping ``views`` if this split can (called eagerly).
+
+        Default: ignore ``views`` (full images; the method crops on the device).
+        A split that crops while decoding overrides this; it may draw from
+        ``generator`` here, right after the permutation.
+        """
+        del views, generator
+        return self._load(index_batches, device)
 
 
 class TensorSplit(ImageSplit):
@@ -256,86 +286,6 @@ class TensorSplit(ImageSplit):
             yield images[idx], labels[idx]
 
 
-class FolderSplit(ImageSplit):
-    """An ImageNet-layout folder (``root/<class>/<image>``) decoded on the fly.
-
-    For datasets that do not fit in memory: torchvision's ``ImageFolder`` decodes
-    and resizes (shorter side to ``image_size``, then centre crop) in DataLoader
-    workers; the order still comes from :func:`epoch_index_batches`, so shuffling
-    and sharding behave exactly like :class:`TensorSplit`.
-    """
-
-    def __init__(
-        self,
-        root: str,
-        image_size: int,
-        *,
-        num_workers: int = 2,
-        indices: Sequence[int] | Tensor | None = None,
-        _folder: object | None = None,
-    ) -> None:
-        from torchvision import datasets, transforms
-
-        self.root = root
-        self.image_size = image_size
-        self.num_workers = num_workers
-        if _folder is None:
-            transform = transforms.Compose(
-                [
-                    transforms.Resize(image_size, antialias=True),
-                    transforms.CenterCrop(image_size),
-                    transforms.PILToTensor(),  # uint8 [C, H, W]
-                ]
-            )
-            _folder = datasets.ImageFolder(root, transform=transform)
-        self.folder = _folder
-        all_labels = torch.as_tensor(self.folder.targets, dtype=torch.int64)  # type: ignore[attr-defined]
-        if indices is None:
-            self.indices = torch.arange(all_labels.numel())
-        else:
-            self.indices = torch.as_tensor(indices, dtype=torch.long).cpu()
-        self._labels = all_labels[self.indices]
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.folder.classes)  # type: ignore[attr-defined]
-
-    def __len__(self) -> int:
-        return self.indices.numel()
-
-    @property
-    def labels(self) -> Tensor:
-        return self._labels
-
-    def subset(self, indices: Sequence[int] | Tensor) -> FolderSplit:
-        idx = torch.as_tensor(indices, dtype=torch.long).cpu()
-        return FolderSplit(
-            self.root,
-            self.image_size,
-            num_workers=self.num_workers,
-            indices=self.indices[idx],
-            _folder=self.folder,
-        )
-
-    def _load(self, index_batches: list[Tensor], device: torch.device) -> Iterator[Batch]:
-        if not index_batches:
-            return
-        from torch.utils.data import DataLoader
-
-        sampler = [self.indices[b].tolist() for b in index_batches]
-        loader = DataLoader(
-            self.folder,  # type: ignore[arg-type]
-            batch_sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        for images, labels in loader:
-            yield (
-                images.to(device, non_blocking=True),  # [B, C, H, W] uint8
-                labels.to(device=device, dtype=torch.int64, non_blocking=True),  # [B]
-            )
-
-
 @dataclass
 class ImageDataset:
     """A dataset: its facts plus a labelled train and test split."""
@@ -343,3 +293,12 @@ class ImageDataset:
     info: DatasetInfo
     train: ImageSplit
     test: ImageSplit
+
+
+def __getattr__(name: str) -> Any:
+    """``FolderSplit`` moved to ``folder.py``; imported lazily here (no import cycle)."""
+    if name == "FolderSplit":
+        from .folder import FolderSplit
+
+        return FolderSplit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

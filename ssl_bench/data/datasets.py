@@ -35,13 +35,13 @@ from ssl_bench.errors import SSLBenchError
 
 from .base import (
     DatasetInfo,
-    FolderSplit,
     ImageDataset,
     ImageSplit,
     TensorSplit,
     balanced_subset_indices,
     suggest_patch_size,
 )
+from .folder import DEFAULT_EVAL_RESIZE_RATIO, FolderSplit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -378,15 +378,26 @@ def load_imagefolder(
     data_root: str | None = None,
     *,
     image_size: int = 224,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
     seed: int = 0,
+    decoder: str = "torchvision",
+    strict: bool = False,
+    eval_resize_ratio: float = DEFAULT_EVAL_RESIZE_RATIO,
+    eval_interpolation: str = "bicubic",
+    draft_margin: float | None = 1.0,
 ) -> ImageDataset:
     """ImageNet-layout folders ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``.
 
-    Images are decoded lazily (resize shorter side + centre crop to ``image_size``),
-    so the dataset never has to fit in memory. Uses ImageNet's mean/std.
+    Images are decoded lazily (``folder.FolderSplit``), so the dataset never has to
+    fit in memory. Without crop views a batch is the evaluation decode: shorter side
+    to ``round(image_size * eval_resize_ratio)`` (default 256/224: ``Resize(256)``),
+    then the centre ``image_size`` square; training asks for views cut from the full
+    image (``batches(views=[CropSpec(...)])``). ``decoder``: torchvision | pil | cuda;
+    ``num_workers`` None: one per spare core; ``strict``: check every file up front
+    and raise on unreadable ones instead of substituting them; ``draft_margin``: when
+    JPEG DCT scaling may be used (None: never). Uses ImageNet's mean/std.
     """
     if not data_root:
         raise DatasetNotFoundError("imagefolder needs --data-root pointing at a folder with train/ and val/")
@@ -398,8 +409,13 @@ def load_imagefolder(
             f"and ROOT/val/<class>/*.jpg under {root}"
         )
     try:
-        train = FolderSplit(str(root / "train"), image_size, num_workers=num_workers)
-        test = FolderSplit(str(root / "val"), image_size, num_workers=num_workers)
+        options: dict[str, Any] = dict(
+            num_workers=num_workers, decoder=decoder, strict=strict,
+            eval_resize_ratio=eval_resize_ratio, eval_interpolation=eval_interpolation,
+            draft_margin=draft_margin,
+        )
+        train = FolderSplit(str(root / "train"), image_size, **options)
+        test = FolderSplit(str(root / "val"), image_size, **options)
     except FileNotFoundError as exc:  # ImageFolder: no class folders / no images
         raise DatasetNotFoundError(f"imagefolder: {exc}") from exc
     if train.classes != test.classes:
@@ -434,7 +450,7 @@ def load_imagenet1k(data_root: str | None = None, **options: Any) -> ImageDatase
         raise DatasetNotFoundError(
             "imagenet-1k needs --data-root pointing at ImageNet with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
         )
-    data = load_imagefolder(data_root, **options)  # same options: image_size, num_workers, limits, seed
+    data = load_imagefolder(data_root, **options)  # same options (image_size, num_workers, decoder, ...)
     found = data.info.num_classes
     if found != IMAGENET1K_CLASSES:
         raise ValueError(

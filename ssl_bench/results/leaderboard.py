@@ -7,10 +7,16 @@ reflected without anyone editing a markdown file by hand.
 Two views:
 
 * :func:`build_leaderboard` - one row per (method, backbone, dataset), using the
-  latest finished run, baselines (pixels / random-init) first.
+  latest finished run, baselines (pixels / random-init) first. The built-in
+  evaluators' headline metrics have fixed columns; every other evaluator (a
+  third-party plugin) gets a column per metric, or per name in its protocol
+  record's ``"headline"``, so a new evaluator shows up without editing this file.
 * :func:`build_table4` - our linear-probe numbers next to the l-DAE paper's
   Table 4, with a ``notes`` column that flags where our settings differ (so a
-  1-epoch Fashion-MNIST smoke run is never mistaken for a reproduction).
+  1-epoch Fashion-MNIST smoke run, or a probe on cached features, is never
+  mistaken for a reproduction).
+
+The tables only read: pass a store opened with ``ResultsStore(path, readonly=True)``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from .store import ResultsStore, is_accuracy_metric
+from .store import ResultsStore, ResultsStoreError, is_accuracy_metric
 
 BASELINE_METHODS: tuple[str, ...] = ("pixels", "random-init")
 
@@ -33,8 +39,9 @@ THROUGHPUT_COL = "throughput (img/s)"
 LABELS_COL = "labels"
 
 #: Metric name -> leaderboard column, in display order. ``knn_top1`` is resolved
-#: specially (k=20 only, see :func:`knn_top1_k20`). Extend this to surface a
-#: new headline metric; metrics not listed here stay in the store only.
+#: specially (k=20 only, see :func:`knn_top1_k20`). These are the built-in
+#: evaluators' columns; a plugin evaluator needs no entry here: its metrics get
+#: columns of their own (see :data:`BUILTIN_EVALUATORS`).
 HEADLINE_METRICS: dict[str, str] = {
     "knn_top1": KNN_COL,
     "linear_top1": LINEAR_COL,
@@ -48,6 +55,12 @@ QUALIFIER_COLUMNS: dict[str, tuple[str, str]] = {"nll_bpd": ("NLL space", "space
 #: Shown even when no run has them, so the core comparison is always visible.
 ALWAYS_SHOWN: tuple[str, ...] = ("knn_top1", "linear_top1")
 KNN_K = 20
+#: Evaluators whose columns are the fixed HEADLINE_METRICS above; their other metrics
+#: (``linear_train_top1``, ``knn_top1_k10``, ``nll_bpd_stderr``) stay in the store only.
+#: Any other evaluator gets a column per metric (see :func:`build_leaderboard`).
+BUILTIN_EVALUATORS: tuple[str, ...] = ("knn", "linear", "nll")
+#: ``df.attrs`` key: column -> "pct" (one decimal) or "sig4" (4 significant digits), for render().
+COLUMN_FORMATS_ATTR = "column_formats"
 
 #: l-DAE paper (Chen et al., "Deconstructing Denoising Diffusion Models for
 #: Self-Supervised Learning"), Table 4: ImageNet-1k linear-probe top-1 (%).
@@ -59,6 +72,10 @@ PAPER_TABLE4: dict[str, dict[str, float]] = {
 #: Pre-training epochs behind the paper numbers (MAE / l-DAE 1600, MoCo v3 300).
 PAPER_EPOCHS: dict[str, int] = {"mocov3": 300, "mae": 1600, "ldae": 1600}
 PAPER_DATASET = "ImageNet-1k"
+#: The paper's linear probe (MAE's): augmented images (RandomResizedCrop + flip), LARS,
+#: batch 16384, 90 epochs. Ours trains on cached, un-augmented features unless a run's
+#: linear protocol record says ``"protocol": "augmented"``; Table 4 notes the difference.
+PAPER_PROBE: dict[str, Any] = {"protocol": "augmented", "optimizer": "lars", "batch_size": 16384, "epochs": 90}
 PAPER_BACKBONES: tuple[str, ...] = ("vit-b", "vit-l")
 
 _IMAGENET1K_NAMES = {"imagenet", "imagenet-1k", "imagenet1k", "in1k", "in-1k", "ilsvrc2012"}
@@ -90,8 +107,10 @@ class _Entry:
     throughput_img_s: float | None
     uses_labels: bool
     is_baseline: bool
+    run_dir: str | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluators: dict[str, str] = field(default_factory=dict)  # metric -> evaluator that wrote it
 
     @property
     def baseline(self) -> bool:
@@ -124,20 +143,33 @@ def finished_runs(store: ResultsStore, dataset: str | None = None, backbone: str
     return runs
 
 
+_RunMetrics = tuple[dict[str, float | None], dict[str, dict[str, Any]], dict[str, str]]
+
+
+def _metrics_with_evaluators(store: ResultsStore, run_ids: Iterable[int]) -> dict[int, _RunMetrics]:
+    """run id -> ({metric: value}, {metric: protocol}, {metric: evaluator}); later rows win.
+
+    The store checks every row it returns (bad JSON, wrong types) and names the run,
+    so the parsing here cannot fail on a damaged value.
+    """
+    ids = sorted({int(i) for i in run_ids})
+    out: dict[int, _RunMetrics] = {i: ({}, {}, {}) for i in ids}
+    if not ids:
+        return out
+    frame = store.metrics_frame(run_ids=ids)
+    for m in frame.to_dict("records"):  # ordered by metric id
+        values, protocols, evaluators = out[int(m["run_id"])]
+        values[m["name"]] = _none(m["value"])
+        protocols[m["name"]] = json.loads(m["protocol_json"] or "{}")
+        evaluators[m["name"]] = m["evaluator"]
+    return out
+
+
 def metrics_by_run(
     store: ResultsStore, run_ids: Iterable[int]
 ) -> dict[int, tuple[dict[str, float | None], dict[str, dict[str, Any]]]]:
     """run id -> ({metric: value}, {metric: protocol}); a later value of the same name wins."""
-    ids = [int(i) for i in run_ids]
-    out: dict[int, tuple[dict[str, float | None], dict[str, dict[str, Any]]]] = {i: ({}, {}) for i in ids}
-    frame = store.metrics_frame()
-    if frame.empty or not ids:
-        return out
-    for m in frame[frame["run_id"].isin(ids)].to_dict("records"):  # ordered by metric id
-        values, protocols = out[int(m["run_id"])]
-        values[m["name"]] = _none(m["value"])
-        protocols[m["name"]] = json.loads(m["protocol_json"] or "{}")
-    return out
+    return {rid: (v, p) for rid, (v, p, _) in _metrics_with_evaluators(store, run_ids).items()}
 
 
 def _latest_finished(
@@ -165,23 +197,37 @@ def _latest_finished(
             throughput_img_s=_none(r["throughput_img_s"]),
             uses_labels=bool(r["uses_labels"]),
             is_baseline=bool(r["is_baseline"]),
+            run_dir=_none(r["run_dir"]),
         )
         for r in latest.values()
     }
-    for run_id, (values, protocols) in metrics_by_run(store, entries).items():
-        entries[run_id].metrics, entries[run_id].protocols = values, protocols
+    for run_id, (values, protocols, evaluators) in _metrics_with_evaluators(store, entries).items():
+        e = entries[run_id]
+        e.metrics, e.protocols, e.evaluators = values, protocols, evaluators
     return list(entries.values())
 
 
 def knn_top1_k20(metrics: dict[str, Any], protocols: dict[str, dict[str, Any]]) -> float | None:
     """k-NN top-1 at k=20: ``knn_top1_k20`` if present, else ``knn_top1`` unless
-    its protocol records a different k (a k=10 number must not fill a k=20 column)."""
+    its protocol records a different k (a k=10 number must not fill a k=20 column).
+
+    The k-NN evaluator records ``headline_k``; ``k`` is the older spelling.
+    """
     if metrics.get(f"knn_top1_k{KNN_K}") is not None:
         return metrics[f"knn_top1_k{KNN_K}"]
-    k = protocols.get("knn_top1", {}).get("k")
-    if k is not None and int(k) != KNN_K:
+    proto = protocols.get("knn_top1", {})
+    k = proto.get("k", proto.get("headline_k"))
+    if k is not None and not _is_int(k, KNN_K):
         return None
     return metrics.get("knn_top1")
+
+
+def _is_int(value: Any, expected: int) -> bool:
+    """``value == expected`` for ints stored as int, float or text; anything else is not."""
+    try:
+        return float(value) == expected
+    except (TypeError, ValueError):
+        return False
 
 
 def _metric_value(e: _Entry, name: str) -> float | None:
@@ -209,6 +255,88 @@ def _sort_key(e: _Entry) -> tuple[Any, ...]:
 # -- leaderboard ---------------------------------------------------------------------
 
 
+def _sig4(v: float) -> float:
+    """Round to 4 significant digits: the precision shown for plugin metrics of unknown scale."""
+    v = float(v)
+    return v if v == 0 or not math.isfinite(v) else float(f"{v:.4g}")
+
+
+def _headline_names(e: _Entry, evaluator: str, metric: str, path: Any) -> list[str] | None:
+    """The ``"headline"`` metric names an evaluator's protocol record declares, or None."""
+    raw = e.protocols.get(metric, {}).get("headline")
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, (list, tuple)) and all(isinstance(n, str) for n in raw):
+        return list(raw)
+    fix = f"`ssl-bench eval {e.run_dir}`" if e.run_dir else "`ssl-bench eval RUN_DIR`"
+    raise ResultsStoreError(
+        f"{path}: run {e.run_id} ({e.run_dir or 'no run dir'}) has a damaged metrics.protocol_json "
+        f"value (evaluator {evaluator!r}: \"headline\" must be a metric name or a list of names, "
+        f"got {raw!r}). Fix: correct that evaluator's protocol record and re-score with {fix}"
+    )
+
+
+@dataclass(frozen=True)
+class _ExtraColumn:
+    """A leaderboard column for one metric of a non-built-in evaluator."""
+
+    evaluator: str
+    metric: str
+    column: str
+
+    @property
+    def fmt(self) -> str:
+        return "pct" if is_accuracy_metric(self.metric) else "sig4"
+
+    def value(self, e: _Entry) -> float | None:
+        if e.evaluators.get(self.metric) != self.evaluator:
+            return None
+        v = e.metrics.get(self.metric)
+        if v is None:
+            return None
+        return round(100.0 * float(v), 1) if self.fmt == "pct" else _sig4(v)
+
+
+def _extra_columns(entries: list[_Entry], reserved: set[str], path: Any) -> list[_ExtraColumn]:
+    """Columns for evaluators outside BUILTIN_EVALUATORS, evaluators in name order.
+
+    An evaluator gets a column per metric that some shown run has, in the order the
+    metrics were written; if any shown run's protocol record for it lists
+    ``"headline"`` (one name or a list), only those names, in that order. A column is
+    named after the metric, or ``<evaluator>:<metric>`` when that name is taken (a
+    fixed column, or the same metric name from two evaluators).
+    """
+    seen: dict[str, list[str]] = {}
+    declared: dict[str, list[str]] = {}
+    for e in entries:
+        for metric, evaluator in e.evaluators.items():
+            if evaluator in BUILTIN_EVALUATORS or metric in HEADLINE_METRICS:
+                continue
+            heads = _headline_names(e, evaluator, metric, path)
+            if heads is not None:
+                names = declared.setdefault(evaluator, [])
+                names += [h for h in heads if h not in names]
+            if e.metrics.get(metric) is not None:
+                names = seen.setdefault(evaluator, [])
+                if metric not in names:
+                    names.append(metric)
+    pairs = []
+    for evaluator in sorted(seen):
+        names = seen[evaluator]
+        if evaluator in declared:
+            names = [n for n in declared[evaluator] if n in names]
+        pairs += [(evaluator, n) for n in names]
+    counts: dict[str, int] = {}
+    for _, n in pairs:
+        counts[n] = counts.get(n, 0) + 1
+    return [
+        _ExtraColumn(ev, n, n if n not in reserved and counts[n] == 1 else f"{ev}:{n}")
+        for ev, n in pairs
+    ]
+
+
 def build_leaderboard(
     store: ResultsStore, dataset: str | None = None, backbone: str | None = None
 ) -> pd.DataFrame:
@@ -217,6 +345,9 @@ def build_leaderboard(
     Accuracies are percentages with one decimal; optional headline metrics get a
     column only if some row has them; ``labels`` is True for runs that used labels
     during pre-training (e.g. class-conditional DiT), which is not label-free SSL.
+    Metrics of evaluators other than the built-in ones follow the headline columns
+    (see :func:`_extra_columns`): accuracies as percentages, other numbers to 4
+    significant digits. ``df.attrs["column_formats"]`` tells :func:`render` which.
     """
     entries = sorted(_latest_finished(store, dataset, backbone), key=_sort_key)
     shown = [
@@ -224,6 +355,15 @@ def build_leaderboard(
         for name in HEADLINE_METRICS
         if name in ALWAYS_SHOWN or any(_metric_value(e, name) is not None for e in entries)
     ]
+    fixed = ["method", "backbone", "dataset", "epochs"]
+    for n in shown:
+        fixed.append(HEADLINE_METRICS[n])
+        if n in QUALIFIER_COLUMNS:
+            fixed.append(QUALIFIER_COLUMNS[n][0])
+    tail = ["seed", WALL_COL, THROUGHPUT_COL, LABELS_COL, "run_id"]
+    reserved = set(fixed) | set(tail) | set(HEADLINE_METRICS.values())
+    reserved |= {c for c, _ in QUALIFIER_COLUMNS.values()}
+    extras = _extra_columns(entries, reserved, store.path)
     rows = []
     for e in entries:
         row: dict[str, Any] = {
@@ -237,6 +377,8 @@ def build_leaderboard(
             if name in QUALIFIER_COLUMNS:
                 col, key = QUALIFIER_COLUMNS[name]
                 row[col] = None if value is None else e.protocols.get(name, {}).get(key)
+        for x in extras:
+            row[x.column] = x.value(e)
         row.update(
             {
                 "seed": e.seed,
@@ -249,19 +391,15 @@ def build_leaderboard(
             }
         )
         rows.append(row)
-    columns = ["method", "backbone", "dataset", "epochs"]
-    metric_cols = [HEADLINE_METRICS[n] for n in shown]
-    for n in shown:
-        columns.append(HEADLINE_METRICS[n])
-        if n in QUALIFIER_COLUMNS:
-            columns.append(QUALIFIER_COLUMNS[n][0])
-    columns += ["seed", WALL_COL, THROUGHPUT_COL, LABELS_COL, "run_id"]
+    columns = fixed + [x.column for x in extras] + tail
+    metric_cols = [HEADLINE_METRICS[n] for n in shown] + [x.column for x in extras]
     df = pd.DataFrame(rows, columns=columns)
     for col in ("epochs", "seed", "run_id"):
         df[col] = df[col].astype("Int64")
     for col in metric_cols + [WALL_COL, THROUGHPUT_COL]:
         df[col] = df[col].astype("float64")
     df[LABELS_COL] = df[LABELS_COL].astype(bool)
+    df.attrs[COLUMN_FORMATS_ATTR] = {x.column: x.fmt for x in extras}
     return df
 
 
@@ -283,24 +421,61 @@ def _is_imagenet1k(dataset: str | None) -> bool:
     return (dataset or "").lower().replace("_", "-") in _IMAGENET1K_NAMES
 
 
-def _ep(n: int | None) -> str:
+def _ep(n: Any) -> str:
     return f"{n} ep" if n is not None else "? ep"
 
 
+def _probe_note(e: _Entry) -> str | None:
+    """How the run's linear probe differs from the paper's (:data:`PAPER_PROBE`), or None.
+
+    Only what the probe's protocol record states is compared, except the data: a record
+    without ``"protocol": "augmented"`` is a probe on cached (un-augmented) features,
+    which is what the built-in evaluator does.
+    """
+    proto = e.protocols.get("linear_top1")
+    if e.linear() is None or proto is None:
+        return None
+    ours: list[str] = []
+    paper: list[str] = []
+    data = proto.get("protocol")
+    if data != PAPER_PROBE["protocol"]:
+        ours.append("cached features" if data is None else str(data))
+        paper.append(str(PAPER_PROBE["protocol"]))
+    opt = proto.get("optimizer")
+    if opt is not None and str(opt).lower() != PAPER_PROBE["optimizer"]:
+        ours.append(str(opt))
+        paper.append(PAPER_PROBE["optimizer"].upper())
+    batch = proto.get("batch_size")
+    if batch is not None and not _is_int(batch, PAPER_PROBE["batch_size"]):
+        ours.append(f"batch {batch}")
+        paper.append(f"batch {PAPER_PROBE['batch_size']}")
+    epochs = proto.get("epochs")
+    if epochs is not None and not _is_int(epochs, PAPER_PROBE["epochs"]):
+        ours.append(_ep(epochs))
+        paper.append(_ep(PAPER_PROBE["epochs"]))
+    if not ours:
+        return None
+    return f"probe: {', '.join(ours)} vs paper {', '.join(paper)}"
+
+
 def _setting_note(method: str, backbone: str, e: _Entry) -> str | None:
-    """Describe how ``e``'s settings differ from the paper's, or None if they match."""
+    """Describe how ``e``'s settings (data, schedule, backbone, linear probe) differ from
+    the paper's, or None if they match."""
     if method not in PAPER_TABLE4:
         return "not in paper Table 4"
+    notes = []
     paper_ep = PAPER_EPOCHS[method]
     paper_bb = backbone in PAPER_BACKBONES
-    same = _is_imagenet1k(e.dataset) and e.epochs == paper_ep and paper_bb
-    if same:
-        return None
-    ours = [] if paper_bb else [f"{e.backbone}"]
-    ours += [e.dataset or "?", _ep(e.epochs)]
-    paper = [] if paper_bb else ["ViT-B/ViT-L"]
-    paper += [PAPER_DATASET, _ep(paper_ep)]
-    return f"ours: {', '.join(ours)}; paper: {', '.join(paper)}"
+    if not (_is_imagenet1k(e.dataset) and e.epochs == paper_ep and paper_bb):
+        ours = [] if paper_bb else [f"{e.backbone}"]
+        ours += [e.dataset or "?", _ep(e.epochs)]
+        paper = [] if paper_bb else ["ViT-B/ViT-L"]
+        paper += [PAPER_DATASET, _ep(paper_ep)]
+        notes.append(f"ours: {', '.join(ours)}; paper: {', '.join(paper)}")
+    probe = _probe_note(e)
+    if probe:
+        notes.append(probe)
+    return "; ".join(notes) or None
 
 
 def _pick(cands: list[_Entry]) -> _Entry | None:
@@ -379,23 +554,37 @@ def _decimals(col: str) -> int | None:
     return None
 
 
-def _fmt_cell(v: Any, decimals: int | None, is_bool: bool) -> str:
+def _fmt_sig4(v: float) -> str:
+    """4 significant digits without exponent for everyday magnitudes (3.457, 0.01235, 12350)."""
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    mag = math.floor(math.log10(abs(v)))
+    if -4 <= mag < 6:
+        return f"{v:.{max(0, 3 - mag)}f}"
+    return f"{v:.4g}"
+
+
+def _fmt_cell(v: Any, decimals: int | str | None, is_bool: bool) -> str:
     if is_bool:
         return "yes" if bool(v) else ""
     v = _none(v)
     if v is None:
         return ""
     if decimals is not None and isinstance(v, (int, float)) and not math.isnan(float(v)):
+        if decimals == "sig4":
+            return _fmt_sig4(float(v))
         return f"{float(v):.{decimals}f}"
     return str(v)
 
 
 def _display(df: pd.DataFrame) -> pd.DataFrame:
     """All-string copy with fixed decimals and blanks for missing values."""
+    formats = df.attrs.get(COLUMN_FORMATS_ATTR) or {}
     out = {}
     for col in df.columns:
         is_bool = pd.api.types.is_bool_dtype(df[col])
-        dec = _decimals(str(col))
+        fmt = formats.get(col)
+        dec: int | str | None = 1 if fmt == "pct" else "sig4" if fmt == "sig4" else _decimals(str(col))
         out[col] = [_fmt_cell(v, dec, is_bool) for v in df[col].tolist()]
     return pd.DataFrame(out, columns=list(df.columns), dtype=object)
 

@@ -1,4 +1,10 @@
-"""RotNet: each image is shown in all 4 rotations; a linear head on the cls token classifies them."""
+"""RotNet: each image is shown in all 4 rotations; a linear head on the cls token classifies them.
+
+Gidaris, Singh, Komodakis 2018, "Unsupervised Representation Learning by Predicting Image
+Rotations" (ICLR), §2 (the rotation pretext task; as in the paper's implementation details, all
+four rotated copies of an image go into the same batch); official code
+gidariss/FeatureLearningRotNet. Here on a ViT with one linear head instead of the paper's NIN/AlexNet.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,11 @@ from ssl_bench.data.augment import eval_transform, random_horizontal_flip
 
 
 class RotNet(Method):
-    default_config = Path(__file__).parent / "default_config.py"
+    """Rotation prediction: a 4-way classifier on the backbone's pooled feature."""
 
-    def __init__(self, cfg: Any, backbone: Any, info: Any):
+    default_config = Path(__file__).parent / "rotnet_config.py"
+
+    def __init__(self, cfg: Any, backbone: Any, info: Any) -> None:
         super().__init__(cfg, backbone, info)
         self.head = nn.Linear(backbone.embed_dim, 4)
         self.pool = cfg.method.probe_pool

@@ -1,0 +1,23 @@
+"""Example third-party ssl-bench plugin: two methods registered by one package.
+
+* ``rotnet``: predict which of 4 rotations was applied (Gidaris, Singh, Komodakis 2018).
+* ``simsiam``: a Siamese joint-embedding method with a stop-gradient (Chen & He 2021), assembled
+  from the core's joint-embedding parts (two-view augmentation, MLP heads, negative-cosine loss).
+
+The classes are imported inside the hook so that ``ssl-bench list`` stays fast and a broken method
+module is reported by the registry instead of breaking the import of this package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ssl_bench.hookspecs import hookimpl
+
+
+@hookimpl
+def ssl_bench_methods() -> dict[str, Any]:
+    from ssl_bench_example.rotnet import RotNet
+    from ssl_bench_example.simsiam import SimSiam
+
+    return {"rotnet": RotNet, "simsiam": SimSiam}

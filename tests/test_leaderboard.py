@@ -1,0 +1,170 @@
+"""Leaderboard columns for any evaluator, the Table-4 probe note, and reading through a read-only store."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from ssl_bench.results import ResultsStore, ResultsStoreError, RunRecord, build_leaderboard, build_table4, render
+from ssl_bench.results.leaderboard import (
+    KNN_COL,
+    LINEAR_COL,
+    PAPER_PROBE,
+    finished_runs,
+    knn_top1_k20,
+    metrics_by_run,
+)
+
+BASE_COLUMNS = ["method", "backbone", "dataset", "epochs", KNN_COL, LINEAR_COL]
+TAIL_COLUMNS = ["seed", "wall time (s)", "throughput (img/s)", "labels", "run_id"]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ResultsStore:
+    s = ResultsStore(tmp_path / "results.db")
+    yield s
+    s.close()
+
+
+def _run(store: ResultsStore, method: str, results: dict[str, tuple[dict[str, float], dict[str, Any]]],
+         backbone: str = "vit-b", dataset: str = "cifar10", epochs: int = 1) -> int:
+    rid = store.add_run(RunRecord(method=method, backbone=backbone, dataset=dataset, epochs=epochs,
+                                  run_dir=f"runs/{method}-{backbone}-{dataset}", seed=0))
+    store.finish_run(rid, results, wall_time_s=1.0)
+    return rid
+
+
+LINEAR = {"linear": ({"linear_top1": 0.5, "linear_train_top1": 0.9, "linear_final_loss": 0.7},
+                     {"optimizer": "lars", "batch_size": 256, "epochs": 90})}
+KNN = {"knn": ({"knn_top1": 0.4, "knn_top1_k10": 0.41, "knn_top1_k20": 0.4}, {"headline_k": 20})}
+
+
+def test_third_party_evaluator_gets_a_column_per_metric(store: ResultsStore) -> None:
+    _run(store, "mae", {**KNN, **LINEAR})
+    _run(store, "rotnet", {**LINEAR, "segm": ({"pixel_acc": 0.81234, "miou": 0.456789, "loss": 1.234567,
+                                               "tokens_per_s": 123456.7}, {"dataset": "ade20k"})})
+    df = build_leaderboard(store)
+    assert list(df.columns) == BASE_COLUMNS + ["pixel_acc", "miou", "loss", "tokens_per_s"] + TAIL_COLUMNS
+    row = df.set_index("method").loc["rotnet"]
+    assert row["pixel_acc"] == 81.2  # an accuracy: percent, one decimal
+    assert (row["miou"], row["loss"], row["tokens_per_s"]) == (0.4568, 1.235, 123500.0)  # 4 significant
+    assert df.set_index("method").loc["mae", ["pixel_acc", "miou"]].isna().all()
+    # built-in evaluators keep only their headline columns
+    for hidden in ("linear_train_top1", "linear_final_loss", "knn_top1_k10", "knn_top1_k20"):
+        assert hidden not in df.columns
+
+    md = render(df, "md")
+    assert "pixel_acc |" in md.splitlines()[0] and "81.2" in md and "0.4568" in md and "1.235" in md and "123500" in md
+    assert "0.456789" not in md and "e+05" not in md
+    html = render(df, "html")
+    assert "81.2" in html and "1.235" in html
+    back = pd.read_csv(io.StringIO(render(df, "csv")))
+    assert back.set_index("method").loc["rotnet", "loss"] == 1.235
+
+
+def test_headline_in_protocol_limits_the_columns(store: ResultsStore) -> None:
+    _run(store, "a", {**LINEAR, "segm": ({"pixel_acc": 0.8, "miou": 0.5, "loss": 1.0},
+                                         {"headline": ["miou", "pixel_acc", "absent"]})})
+    _run(store, "b", {**LINEAR, "depth": ({"rmse": 0.31, "delta1_acc": 0.9}, {"headline": "rmse"})})
+    df = build_leaderboard(store)
+    assert list(df.columns) == BASE_COLUMNS + ["rmse", "miou", "pixel_acc"] + TAIL_COLUMNS
+    t = df.set_index("method")
+    assert (t.loc["a", "miou"], t.loc["a", "pixel_acc"], t.loc["b", "rmse"]) == (0.5, 80.0, 0.31)
+
+
+def test_evaluator_columns_follow_the_shown_runs(store: ResultsStore) -> None:
+    _run(store, "a", {**LINEAR, "segm": ({"miou": 0.5}, {})}, dataset="ade20k")
+    _run(store, "b", LINEAR)
+    assert "miou" in build_leaderboard(store).columns
+    assert "miou" not in build_leaderboard(store, dataset="cifar10").columns
+
+
+def test_clashing_metric_names_are_qualified(store: ResultsStore) -> None:
+    _run(store, "a", {**LINEAR, "segm": ({"score": 0.5, "seed": 3.0}, {})})
+    _run(store, "b", {**LINEAR, "depth": ({"score": 0.25}, {})}, backbone="vit-s")
+    df = build_leaderboard(store)
+    extra = [c for c in df.columns if c not in BASE_COLUMNS + TAIL_COLUMNS]
+    assert extra == ["depth:score", "segm:score", "segm:seed"]
+    t = df.set_index("method")
+    assert t.loc["a", "segm:score"] == 0.5 and pd.isna(t.loc["a", "depth:score"])
+    assert t.loc["b", "depth:score"] == 0.25 and t.loc["a", "seed"] == 0  # the run's seed is untouched
+
+
+def test_a_bad_headline_is_one_line_naming_the_run(store: ResultsStore) -> None:
+    rid = _run(store, "a", {**LINEAR, "segm": ({"miou": 0.5}, {"headline": {"miou": True}})})
+    with pytest.raises(ResultsStoreError) as info:
+        build_leaderboard(store)
+    msg = str(info.value)
+    assert "\n" not in msg and f"run {rid} (runs/a-vit-b-cifar10)" in msg and "headline" in msg
+    assert "metrics.protocol_json" in msg and "ssl-bench eval runs/a-vit-b-cifar10" in msg
+
+
+def test_knn_column_respects_the_recorded_headline_k(store: ResultsStore) -> None:
+    _run(store, "k10", {"knn": ({"knn_top1": 0.7, "knn_top1_k10": 0.7}, {"headline_k": 10})})
+    _run(store, "k20", {"knn": ({"knn_top1": 0.6}, {"headline_k": 20})})
+    t = build_leaderboard(store).set_index("method")
+    assert pd.isna(t.loc["k10", KNN_COL]) and t.loc["k20", KNN_COL] == 60.0
+    assert knn_top1_k20({"knn_top1": 0.5}, {"knn_top1": {"k": "20"}}) == 0.5
+    assert knn_top1_k20({"knn_top1": 0.5}, {"knn_top1": {"k": "ten"}}) is None
+
+
+def test_reader_helpers_keep_their_signatures(store: ResultsStore) -> None:
+    rid = _run(store, "a", {**KNN, "segm": ({"miou": 0.5}, {"headline": "miou"})})
+    store.add_run(RunRecord(method="b"))
+    assert finished_runs(store)["id"].tolist() == [rid]
+    assert finished_runs(store, dataset="nope").empty
+    values, protocols = metrics_by_run(store, [rid])[rid]
+    assert values["miou"] == 0.5 and protocols["miou"] == {"headline": "miou"}
+    assert knn_top1_k20(values, protocols) == 0.4
+    assert metrics_by_run(store, []) == {}
+
+
+# -- Table 4: the linear-probe protocol note --------------------------------------------
+
+
+def _table4_note(store: ResultsStore, probe: dict[str, Any]) -> str:
+    _run(store, "mae", {"linear": ({"linear_top1": 0.67}, probe)}, dataset="imagenet-1k", epochs=1600)
+    return build_table4(store).set_index("method").loc["mae", "notes"]
+
+
+def test_table4_notes_a_probe_on_cached_features(store: ResultsStore) -> None:
+    # what the built-in evaluator records: no "protocol" key (cached features), sgd, batch 256
+    note = _table4_note(store, {"optimizer": "sgd", "batch_size": 256, "epochs": 90, "lr": 0.1})
+    assert note == "probe: cached features, sgd, batch 256 vs paper augmented, LARS, batch 16384"
+
+
+def test_table4_no_note_for_the_paper_probe(store: ResultsStore) -> None:
+    assert PAPER_PROBE == {"protocol": "augmented", "optimizer": "lars", "batch_size": 16384, "epochs": 90}
+    assert _table4_note(store, dict(PAPER_PROBE)) == ""
+
+
+def test_table4_probe_note_names_only_what_differs(store: ResultsStore) -> None:
+    note = _table4_note(store, {"protocol": "augmented", "optimizer": "LARS", "batch_size": 4096, "epochs": 50})
+    assert note == "probe: batch 4096, 50 ep vs paper batch 16384, 90 ep"
+
+
+def test_table4_probe_note_joins_the_setting_note(store: ResultsStore) -> None:
+    _run(store, "ldae", {"linear": ({"linear_top1": 0.3}, {"protocol": "features"})}, dataset="digits", epochs=5)
+    _run(store, "pixels", {"linear": ({"linear_top1": 0.2}, {})})
+    t = build_table4(store).set_index("method")
+    assert t.loc["ldae", "notes"] == ("ours: digits, 5 ep; paper: ImageNet-1k, 1600 ep; "
+                                      "probe: features vs paper augmented")
+    assert t.loc["pixels", "notes"] == "not in paper Table 4"  # no paper row to compare a probe with
+
+
+# -- read-only -------------------------------------------------------------------------
+
+
+def test_tables_read_through_a_read_only_store(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    with ResultsStore(path) as s:
+        _run(s, "mae", {**KNN, **LINEAR, "segm": ({"miou": 0.5}, {})}, dataset="imagenet-1k", epochs=1600)
+    with ResultsStore(path, readonly=True) as s:
+        df = build_leaderboard(s)
+        assert df["miou"].tolist() == [0.5] and df[LINEAR_COL].tolist() == [50.0]
+        assert build_table4(s).set_index("method").loc["mae", "vit-b ours"] == 50.0
+        assert "0.5000" in render(df, "md")
