@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ssl_bench.errors import SSLBenchError
+from ssl_bench.errors import SSLBenchError, TrainingInterrupted
 
 if TYPE_CHECKING:
     from ssl_bench.registry import Entry, Registry
@@ -23,14 +23,51 @@ RESULTS_NAME = "results.db"
 log = logging.getLogger("ssl_bench")
 
 
-def _results_path(args: argparse.Namespace) -> Path:
+def results_path(args: argparse.Namespace) -> Path:
     return Path(args.results) if args.results else Path(args.out) / RESULTS_NAME
 
 
-def _add_common(p: argparse.ArgumentParser, default_out: str = "runs") -> None:
+def add_output_options(p: argparse.ArgumentParser, default_out: str = "runs") -> None:
     p.add_argument("--out", default=default_out,
                    help=f"output directory for run directories and the results store (default: {default_out})")
     p.add_argument("--results", default=None, help="SQLite results file (default: OUT/results.db)")
+
+
+def _explicit_settings(args: argparse.Namespace, cli: dict[str, Any]) -> dict[str, Any]:
+    """Every setting the user gave on this command line (flags, --set, the --config file), dotted."""
+    from ssl_bench.config import flat_keys, parse_set_items, read_config_file
+
+    out: dict[str, Any] = {}
+    if args.config:
+        out.update(flat_keys(read_config_file(args.config, "--config")))
+    out.update({k: v for k, v in cli.items() if v is not None})
+    out.update(parse_set_items(args.set or ()))
+    return out
+
+
+def _resume_config(method: str, args: argparse.Namespace, cli: dict[str, Any], registry: Any) -> Any:
+    """The config of a resumed run: the one it was trained with (RUN_DIR/config.json) plus this
+    command's settings; `run_method` refuses it if a setting that changes training differs."""
+    import json
+
+    from mmengine.config import Config
+
+    from ssl_bench.config import _check_keys_exist
+    from ssl_bench.config_schema import validate_config
+    from ssl_bench.runner import method_config, resume_dir
+
+    fresh = method_config(method, registry, user_config=args.config, cli=cli, set_items=args.set or ())
+    run_dir = resume_dir(args.resume, fresh, method)
+    path = run_dir / "config.json"
+    try:
+        cfg = Config(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise SSLBenchError(f"--resume {run_dir}: cannot read its config.json ({exc}); resume needs the run's own config") from None
+    explicit = _explicit_settings(args, cli)
+    _check_keys_exist(cfg, explicit, "command line")
+    cfg.merge_from_dict(explicit)
+    validate_config(cfg)
+    return cfg
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -39,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ssl_bench.registry import get_registry
     from ssl_bench.results.leaderboard import build_leaderboard, render
     from ssl_bench.results.store import ResultsStore
-    from ssl_bench.runner import load_dataset, method_config, run_baseline, run_method
+    from ssl_bench.runner import load_dataset, method_config, run_baseline, run_method, validate_dataset
     from ssl_bench.train.distributed import init_distributed
 
     registry = get_registry()
@@ -50,12 +87,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "seed": args.seed,
         "train.device": args.device, "out": args.out,
     }
-    cfgs = {m: method_config(m, registry, user_config=args.config, cli=cli, set_items=args.set or ()) for m in args.methods}
+    if args.resume:
+        cfgs = {m: _resume_config(m, args, cli, registry) for m in args.methods}
+    else:
+        cfgs = {m: method_config(m, registry, user_config=args.config, cli=cli, set_items=args.set or ()) for m in args.methods}
     first = cfgs[args.methods[0]]
     registry.get("backbone", first.backbone.name)
-    ctx = init_distributed(first.train.device)
     dataset = load_dataset(first, registry)
-    store = ResultsStore(_results_path(args)) if ctx.is_main else None
+    for cfg in cfgs.values():
+        validate_dataset(dataset, cfg)
+    ctx = init_distributed(first.train.device)
+    store = None
+    if ctx.is_main:
+        store = ResultsStore(results_path(args))
+        stale = store.mark_stale_runs()
+        if stale:
+            log.info("marked run(s) %s as interrupted: their process is gone", ", ".join(map(str, stale)))
     for method, cfg in cfgs.items():
         if ctx.is_main:
             log.info("== %s on %s, backbone %s, %d epochs, device %s ==", method, cfg.dataset.name, cfg.backbone.name, cfg.train.epochs, ctx.device)
@@ -65,8 +112,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_baselines:
         for name in first.eval.baselines:
             run_baseline(name, first, store, dataset, ctx.device, registry=registry)
+        if "random-init" in first.eval.baselines:  # methods whose own untrained network is the honest baseline
+            for method, cfg in cfgs.items():
+                if getattr(registry.get("method", method), "own_random_init", False):
+                    run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method)
     table = build_leaderboard(store, dataset=first.dataset.name, backbone=first.backbone.name)
-    print(f"\nLeaderboard: {first.dataset.name}, {first.backbone.name} ({_results_path(args)})\n")
+    print(f"\nLeaderboard: {first.dataset.name}, {first.backbone.name} ({results_path(args)})\n")
     print(render(table, "md"))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
@@ -103,7 +154,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ssl_bench.runner import evaluate_run
     from ssl_bench.train.distributed import resolve_device
 
-    store = ResultsStore(_results_path(args))
+    store = ResultsStore(results_path(args))
+    store.mark_stale_runs()
     out = evaluate_run(args.run_dir, store, resolve_device(args.device), recompute=args.recompute)
     for k, v in sorted(out.metrics.items()):
         print(f"{k}: {100 * v:.2f}%" if "top1" in k else f"{k}: {v:.4f}")
@@ -114,10 +166,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ssl_bench.results.leaderboard import build_leaderboard, build_table4, render
     from ssl_bench.results.store import ResultsStore
 
-    path = _results_path(args)
+    path = results_path(args)
     if not path.is_file():
         raise SSLBenchError(f"no results store at {path}; run `ssl-bench run METHOD` first, or pass --results FILE")
-    store = ResultsStore(path)
+    store = ResultsStore(path, readonly=True)  # reading never writes: works on read-only media
     if args.layout == "table4":
         table = build_table4(store)
     else:
@@ -126,74 +178,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(text)
     print(text)
-    return 0
-
-
-def cmd_deconstruct(args: argparse.Namespace) -> int:
-    """Run rows of the l-DAE deconstruction chain (ssl_bench/deconstruct.py) and print ours vs the paper."""
-    import torch
-
-    from ssl_bench import deconstruct as dc
-    from ssl_bench.registry import get_registry
-    from ssl_bench.results.leaderboard import render
-    from ssl_bench.results.store import ResultsStore
-    from ssl_bench.runner import load_dataset
-    from ssl_bench.train.distributed import init_distributed
-
-    registry = get_registry()
-    steps = dc.select_steps(args.rows)
-    chain_dir = dc.chain_dir_or_error(args.chain_dir)
-    cli = {
-        "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
-        "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
-    }
-    first = next((s for s in steps if s.config is not None), None)
-    probe = dc.base_config(first, registry, chain_dir, cli, args.set or ()) if first else None  # dataset, device
-    outcomes: list = []
-    is_main = True
-    path = _results_path(args)
-    store = None
-    if first is not None and not args.table_only:
-        ctx = init_distributed(probe.train.device)
-        is_main = ctx.is_main
-        store = ResultsStore(path) if ctx.is_main else None
-        outcomes = dc.run_chain(steps, registry=registry, chain_dir=chain_dir, store=store, ctx=ctx, cli=cli,
-                                set_items=args.set or (), out=args.out, dataset=load_dataset(probe, registry))
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    if not is_main:
-        return 0
-    if not path.is_file() and args.table_only:
-        raise SSLBenchError(f"no results store at {path}; run `ssl-bench deconstruct` without --table-only first")
-    dataset = probe.dataset.name if probe is not None else args.dataset
-    backbone = probe.backbone.name if probe is not None else args.backbone
-    table = dc.build_table(steps, store or ResultsStore(path), dataset=dataset, backbone=backbone, outcomes=outcomes)
-    text = render(table, args.format)
-    print(f"\nDeconstruction chain: {dataset}, {backbone} ({path}); paper: ImageNet-1k, DiT-L (ViT-1/2L encoder)\n")
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    """Rebuild a run's method from RUN_DIR/config.py + checkpoint and write a sample grid PNG."""
-    from ssl_bench.errors import ConfigError
-    from ssl_bench.runner import load_trained_method
-    from ssl_bench.train.distributed import resolve_device
-
-    run_dir = Path(args.run_dir)
-    cfg, _, model = load_trained_method(run_dir)
-    if not hasattr(model, "write_samples"):
-        raise ConfigError(f"method '{cfg.method.name}' cannot sample (no write_samples); only diffusion methods (ddm) can")
-    device = resolve_device(args.device)
-    model.to(device).eval()
-    try:
-        path = model.write_samples(args.output or run_dir / "samples.png", num=args.num, steps=args.steps, sampler=args.sampler,
-                                   cfg_scale=args.cfg_scale, seed=args.seed, device=device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    print(path)
     return 0
 
 
@@ -215,7 +199,7 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                      help="continue the latest run of each method (or RUN_DIR) from its last checkpoint")
     run.add_argument("--no-baselines", action="store_true", help="skip the pixels and random-init rows")
-    _add_common(run)
+    add_output_options(run)
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="every registered component and plugin command with its package; exit 1 on plugin problems",
@@ -230,7 +214,7 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--recompute", action="store_true", help="ignore cached features")
     ev.add_argument("--device", default="auto")
-    _add_common(ev)
+    add_output_options(ev)
     ev.set_defaults(func=cmd_eval)
 
     lb = sub.add_parser("leaderboard", help="render the results store as a table",
@@ -240,40 +224,9 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     lb.add_argument("--dataset")
     lb.add_argument("--backbone")
     lb.add_argument("--output", help="also write the table to this file")
-    _add_common(lb)
+    add_output_options(lb)
     lb.set_defaults(func=cmd_leaderboard)
-    dc = sub.add_parser("deconstruct", help="run the l-DAE deconstruction chain (Tables 1-3, Fig. 5) and compare with the paper",
-                        description="Run rows of benchmarks/deconstruct/ (each a `run` of ddm or ldae with that row's "
-                                    "config; rows whose resolved configs coincide share one run) and print our k-NN / "
-                                    "linear top-1 beside the paper's linear probe. Rows that need a supervised network "
-                                    "are listed as not run.")
-    dc.add_argument("--rows", nargs="+", default=["all"], metavar="ROW",
-                    help="groups (all, table1, table2, table3, fig5, trajectory), row names or globs, e.g. 't2_patch-pca_*'")
-    dc.add_argument("--backbone", help="backbone name (the encoder), e.g. vit-nano, vit-b, vit-l")
-    dc.add_argument("--dataset", help="dataset name, e.g. digits, cifar10, imagefolder")
-    dc.add_argument("--data-root", help="where the dataset lives or is downloaded to")
-    dc.add_argument("--epochs", type=int, help="pre-training epochs of every row")
-    dc.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key in every row")
-    dc.add_argument("--seed", type=int, help="random seed (default 0)")
-    dc.add_argument("--device", help="auto (default), cpu or cuda")
-    dc.add_argument("--chain-dir", help="the chain's config folder (default: benchmarks/deconstruct of this checkout)")
-    dc.add_argument("--table-only", action="store_true", help="train nothing: rebuild the table from the results store")
-    dc.add_argument("--format", default="md", choices=["md", "csv", "html"])
-    dc.add_argument("--output", help="also write the table to this file")
-    _add_common(dc, default_out="runs/deconstruct")
-    dc.set_defaults(func=cmd_deconstruct)
-    sm = sub.add_parser("sample", help="write a sample grid PNG from a trained diffusion run (ddm)",
-                        description="Rebuild the method from RUN_DIR/config.py and its checkpoint, sample with DDIM or "
-                                    "respaced DDPM in the latent, decode through the tokenizer and write a PNG grid.")
-    sm.add_argument("run_dir", metavar="RUN_DIR")
-    sm.add_argument("--steps", type=int, default=None, help="sampling steps (respaced; default from the run config: 50)")
-    sm.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="ddim (eta 0, default) or ancestral ddpm")
-    sm.add_argument("--num", type=int, default=None, help="number of samples (default 16)")
-    sm.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale, class-conditional runs only (default 4.0)")
-    sm.add_argument("--seed", type=int, default=None, help="sampling seed (default 0)")
-    sm.add_argument("--output", default=None, help="PNG path (default RUN_DIR/samples.png)")
-    sm.add_argument("--device", default="auto")
-    sm.set_defaults(func=cmd_sample)
+
 
 
 def builtin_command_names() -> list[str]:
@@ -402,6 +355,28 @@ def _setup_logging() -> None:
     log.propagate = False
 
 
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OSError as one line naming the file, the cause and the fix."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    fixes = {
+        errno.ENOSPC: "free space on that disk or point --out at another one",
+        errno.EROFS: "the location is read-only: point --out (and --results) at a writable folder",
+        errno.EACCES: "no permission to write there: point --out (and --results) at a folder you own",
+        errno.EPERM: "no permission to write there: point --out (and --results) at a folder you own",
+    }
+    fix = fixes.get(exc.errno or -1, "check the path and the disk")
+    return f"cannot write{where}: {reason}. Fix: {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging()
     registry = _plugin_registry()
@@ -410,6 +385,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry.warn_problems()
     try:
         return args.func(args)
+    except TrainingInterrupted as exc:  # Ctrl-C / SIGTERM: a checkpoint was written, the run is 'interrupted'
+        if _is_main_process():
+            print(f"ssl-bench: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside training (data loading, evaluation): the last checkpoint is kept
+        if _is_main_process():
+            print("ssl-bench: interrupted; the run is marked 'interrupted' and its last checkpoint is kept. "
+                  "Resume with: ssl-bench run METHOD --resume RUN_DIR", file=sys.stderr)
+        return 130
     except SSLBenchError as exc:
         print(f"ssl-bench: error: {exc}", file=sys.stderr)
         return 2
@@ -418,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `ssl-bench list | head`
         return 0
+    except OSError as exc:  # disk full, read-only or unwritable output: one line, the run is marked failed
+        print(f"ssl-bench: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

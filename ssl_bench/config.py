@@ -85,6 +85,28 @@ def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_config_file(path: str | Path, origin: str) -> dict[str, Any]:
+    """Execute an mmengine config file (it is Python) and return its dict; a file that does not parse
+    or raises is one ConfigError line with file:line, not a traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist ({origin})")
+    try:
+        return Config.fromfile(str(path)).to_dict()
+    except SyntaxError as exc:
+        where = f"{exc.filename or path}:{exc.lineno}" if exc.lineno else str(path)
+        raise ConfigError(f"{where}: syntax error in {origin} file: {exc.msg}") from None
+    except Exception as exc:  # a NameError, a bad _base_, ...: the innermost frame inside the file
+        line = None
+        tb = exc.__traceback__
+        while tb is not None:
+            if Path(tb.tb_frame.f_code.co_filename).name == path.name:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(f"{where}: {origin} file failed to load: {type(exc).__name__}: {exc}") from None
+
+
 def load_config(
     method_config: str | Path | None = None,
     user_config: str | Path | None = None,
@@ -95,9 +117,7 @@ def load_config(
     for path, origin in ((method_config, "method default"), (user_config, "--config")):
         if path is None:
             continue
-        if not Path(path).is_file():
-            raise ConfigError(f"config file '{path}' does not exist ({origin})")
-        loaded = Config.fromfile(str(path)).to_dict()
+        loaded = read_config_file(path, origin)
         if origin == "--config":  # a user file is checked like --set: a misspelt key is an error
             _check_keys_exist(cfg, flat_keys(loaded), f"--config {path}")
         cfg.merge_from_dict(loaded)

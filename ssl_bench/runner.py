@@ -1,6 +1,17 @@
 """Orchestration of one `ssl-bench run`: build -> train -> extract features -> evaluate -> record.
 
 Kept separate from the CLI so tests and notebooks call the same code path the command line does.
+
+What a result may and may not do (the store enforces the last two):
+
+* everything that can be checked is checked before anything is written: the config's types and
+  ranges, the dataset (at least 2 classes, every test class seen in training, enough training
+  images for k-NN), the method and its evaluators are built, a resumed checkpoint is read and
+  matched against the model and its config. A refused run leaves no run directory and no row.
+* ``--resume`` is exact or refused: the run continues with the checkpoint's own config; a setting
+  that would change training is refused with the differing keys (only ``RESUME_FREE_KEYS`` may differ).
+* a finished run is immutable: only a successful new evaluation replaces its metrics; a failed or
+  interrupted attempt leaves it finished.
 """
 
 from __future__ import annotations
@@ -17,8 +28,9 @@ import torch
 from mmengine.config import Config
 
 from ssl_bench.components.base import Method
-from ssl_bench.config import config_to_json, load_config
-from ssl_bench.errors import CheckpointError, ConfigError
+from ssl_bench.config import config_to_json, flat_keys, load_config
+from ssl_bench.config_schema import validate_config
+from ssl_bench.errors import CheckpointError, ConfigError, SSLBenchError, TrainingInterrupted
 from ssl_bench.eval.base import EvalResult
 from ssl_bench.eval.features import cached_features, pixel_features
 from ssl_bench.methods.parts import build_backbone
@@ -28,10 +40,17 @@ from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.distributed import DistContext, barrier
 from ssl_bench.train.loop import TrainResult, train
+from ssl_bench.train.optim import check_optimizer_options
 
 log = logging.getLogger("ssl_bench")
 
 BASELINES = ("pixels", "random-init")
+#: Settings that cannot change what a resumed run computes, so a resume may change them: where the
+#: data and the outputs live, loader workers, the checkpoint interval, and the evaluation (a finished
+#: run's metrics are replaced only by a successful new evaluation anyway).
+RESUME_FREE_KEYS: tuple[str, ...] = (
+    "out", "deconstruct", "dataset.data_root", "dataset.num_workers", "train.num_workers", "train.checkpoint_every", "eval",
+)
 
 
 @dataclass
@@ -43,12 +62,54 @@ class RunOutcome:
 
 
 def method_config(method: str, registry: Registry, **kwargs: Any) -> Config:
-    """Resolved config for `method`: harness defaults < method default < user file < flags < --set."""
+    """Resolved, validated config for `method`: harness defaults < method default < user file < flags < --set."""
     cls = registry.get("method", method)
     cfg = load_config(getattr(cls, "default_config", None), **kwargs)
     cfg.method = cfg.get("method") or {}
     cfg.method["name"] = method
+    validate_config(cfg)
     return cfg
+
+
+def validate_dataset(dataset: Any, cfg: Any) -> None:
+    """Refuse data that cannot give a meaningful number (one line naming the problem and the fix)."""
+    name = cfg.dataset.name
+    train_y, test_y = dataset.train.labels, dataset.test.labels
+    if dataset.info.num_classes < 2 or len(set(train_y.tolist())) < 2:
+        raise ConfigError(
+            f"dataset {name!r} has {len(set(train_y.tolist()))} class(es) in its training split: a probe on one class "
+            "scores 100% and means nothing. Use a dataset (or --set dataset.limit_train) with at least 2 classes"
+        )
+    if len(test_y) == 0:
+        raise ConfigError(f"dataset {name!r} has an empty test split; nothing can be scored. Check the val/ or test data")
+    missing = sorted(set(test_y.tolist()) - set(train_y.tolist()))
+    if missing:
+        raise ConfigError(
+            f"dataset {name!r}: test class(es) {missing[:10]} never occur in the training split, so no probe can predict "
+            "them; use the full training split or a larger dataset.limit_train"
+        )
+    if "knn" in cfg.eval.evaluators:
+        ks = tuple((cfg.eval.get("knn") or {}).get("ks") or (20,))
+        if len(train_y) < max(ks):
+            raise ConfigError(
+                f"k-NN with k up to {max(ks)} needs at least {max(ks)} training images, dataset {name!r} has {len(train_y)}; "
+                f"lower eval.knn.ks (e.g. --set \"eval.knn.ks=(10,20)\") or use more data"
+            )
+
+
+def build_evaluators(cfg: Any, registry: Registry) -> list[tuple[str, Any]]:
+    """The configured evaluators, constructed (so a bad option fails before training, not after)."""
+    out = []
+    for name in cfg.eval.evaluators:
+        cls = registry.get("evaluator", name)
+        options = dict(cfg.eval.get(name) or {})
+        if "seed" in inspect.signature(cls).parameters:
+            options["seed"] = cfg.seed
+        try:
+            out.append((name, cls(**options)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"eval.{name}: {exc}") from None
+    return out
 
 
 def _unsupported_options(loader: Any, options: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -108,13 +169,10 @@ def evaluate_features(
     """Run every configured evaluator on cached features, on `device` (GPU k-NN and probe on CUDA)."""
     if device is not None and device.type == "cuda":
         feats = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feats.items()}
-    results = []
-    for name in cfg.eval.evaluators:
-        cls = registry.get("evaluator", name)
-        options = dict(cfg.eval.get(name) or {})
-        evaluator = cls(seed=cfg.seed, **options) if name == "linear" else cls(**options)
-        results.append((name, evaluator(feats["train"], feats["train_labels"], feats["test"], feats["test_labels"], num_classes)))
-    return results
+    return [
+        (name, evaluator(feats["train"], feats["train_labels"], feats["test"], feats["test_labels"], num_classes))
+        for name, evaluator in build_evaluators(cfg, registry)
+    ]
 
 
 def _attach_logfile(run_dir: Path) -> logging.Handler:
@@ -124,13 +182,15 @@ def _attach_logfile(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _record(store: ResultsStore, run_id: int, results: list[tuple[str, EvalResult]], extra: dict[str, Any], replace: bool = False) -> dict[str, float]:
+def _flat(results: list[tuple[str, EvalResult]]) -> dict[str, float]:
     flat: dict[str, float] = {}
-    for name, res in results:
-        protocol = {**res.protocol, **extra}
-        (store.replace_metrics if replace else store.add_metrics)(run_id, name, res.metrics, protocol)
+    for _, res in results:
         flat.update(res.metrics)
     return flat
+
+
+def _with_features(results: list[tuple[str, EvalResult]], features: Any) -> dict[str, tuple[dict[str, float], dict[str, Any]]]:
+    return {name: (res.metrics, {**res.protocol, "features": features}) for name, res in results}
 
 
 def _summary(metrics: dict[str, float]) -> str:
@@ -138,34 +198,94 @@ def _summary(metrics: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
+def _comparable(tree: Any) -> Any:
+    """A config as JSON would store it (tuples -> lists, non-JSON values -> str), for comparing."""
+    return json.loads(json.dumps(tree.to_dict() if hasattr(tree, "to_dict") else tree, sort_keys=True, default=str))
+
+
+def resume_config_diff(stored: dict[str, Any], cfg: Any) -> list[tuple[str, Any, Any]]:
+    """[(key, checkpoint value, this command's value)] for every setting that differs and may not
+    (everything but ``RESUME_FREE_KEYS``)."""
+    before, after = flat_keys(_comparable(stored)), flat_keys(_comparable(cfg))
+    free = lambda k: any(k == f or k.startswith(f + ".") for f in RESUME_FREE_KEYS)  # noqa: E731
+    return [(k, before.get(k), after.get(k)) for k in sorted(set(before) | set(after)) if not free(k) and before.get(k) != after.get(k)]
+
+
+def stored_config(state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The resolved config a checkpoint was trained with (it carries it; config.json as a fallback)."""
+    text = state.get("config_json")
+    if not text and (run_dir / "config.json").is_file():
+        text = (run_dir / "config.json").read_text()
+    if not text:
+        raise CheckpointError(f"the checkpoint in {run_dir} carries no config, so a resume cannot be checked; start a new run")
+    return json.loads(text)
+
+
+def resume_dir(resume: str | Path | bool, cfg: Any, method: str) -> Path:
+    """The run directory ``--resume`` means (RUN_DIR, or the latest run of ``method``), with a checkpoint."""
+    run_dir = Path(resume) if not isinstance(resume, bool) else latest_run_dir(cfg.out, cfg, method)
+    if run_dir is None or not (run_dir / CHECKPOINT_NAME).is_file():
+        raise CheckpointError(
+            f"--resume: no checkpoint found for {method} (looked in {run_dir or Path(cfg.out) / cfg.dataset.name / cfg.backbone.name}); "
+            "run without --resume to start a new run"
+        )
+    return run_dir
+
+
+def _prepared_model(cfg: Any, registry: Registry, info: Any, state: dict[str, Any] | None, run_dir: Path) -> Method:
+    """Build the method; with a checkpoint, load it (strict) so a mismatch fails before anything is written."""
+    model = build_method(cfg, registry, info)
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint in {run_dir} does not match this model/config ({str(exc).splitlines()[0]}); nothing was changed"
+            ) from None
+    return model
+
+
 def run_method(
     method: str, cfg: Any, store: ResultsStore, ctx: DistContext, dataset: Any | None = None,
     resume: str | Path | bool | None = None, registry: Registry | None = None,
 ) -> RunOutcome:
+    """Train ``method`` with ``cfg``, evaluate it and record it; or continue ``resume`` (a run dir, or
+    True for the latest run) exactly: ``cfg`` must then equal the checkpoint's config up to
+    ``RESUME_FREE_KEYS`` (the CLI builds it as the checkpoint's config plus the user's flags)."""
     registry = registry or get_registry()
+    validate_config(cfg)
+    check_optimizer_options(cfg.train)
     dataset = dataset if dataset is not None else load_dataset(cfg, registry)
+    validate_dataset(dataset, cfg)
     info = dataset.info
+    state = None
     if resume:
-        run_dir = Path(resume) if not isinstance(resume, bool) else latest_run_dir(cfg.out, cfg, method)
-        if run_dir is None or not (run_dir / CHECKPOINT_NAME).is_file():
-            raise CheckpointError(
-                f"--resume: no checkpoint found for {method} (looked in {run_dir or Path(cfg.out) / cfg.dataset.name / cfg.backbone.name}); "
-                "run without --resume to start a new run"
+        run_dir = resume_dir(resume, cfg, method)
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME)  # a corrupt checkpoint fails here, untouched
+        diff = resume_config_diff(stored_config(state, run_dir), cfg)
+        if diff:
+            shown = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diff[:6]) + (" ..." if len(diff) > 6 else "")
+            raise ConfigError(
+                f"--resume {run_dir}: this command changes {len(diff)} setting(s) the run was trained with ({shown}). "
+                f"A resume continues the same run: drop those flags (only {', '.join(RESUME_FREE_KEYS)} may change), "
+                "or start a new run without --resume. Nothing was changed"
             )
-        load_checkpoint(run_dir / CHECKPOINT_NAME)  # fail early and clearly if it is corrupt
     else:
         run_dir = new_run_dir(cfg.out, cfg, method)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.dump(str(run_dir / "config.py"))
-        (run_dir / "config.json").write_text(config_to_json(cfg))
-        handler = _attach_logfile(run_dir)
-    barrier(ctx)
-    model = build_method(cfg, registry, info)
+    build_evaluators(cfg, registry)  # options checked now, not after training
+    model = _prepared_model(cfg, registry, info, state, run_dir)  # a failed build leaves nothing behind
     model.run_dir = run_dir  # where a method writes its own artefacts (PCA bases, figures)
-    run_id = None
+
+    run_id, finished_before, handler = None, False, None
     if ctx.is_main:
-        run_id = store.find_run(str(run_dir)) if resume else None
+        if resume:
+            run_id = store.find_run(str(run_dir))
+            finished_before = run_id is not None and store.get_run(run_id).status == "finished"
+        else:
+            run_dir.mkdir(parents=True, exist_ok=False)
+            cfg.dump(str(run_dir / "config.py"))
+            (run_dir / "config.json").write_text(config_to_json(cfg))
+        handler = _attach_logfile(run_dir)
         record = dict(
             method=method, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(run_dir),
             config_json=config_to_json(cfg), seed=cfg.seed, git_commit=git_commit(), versions_json=package_versions(),
@@ -174,83 +294,158 @@ def run_method(
         )
         if run_id is None:
             run_id = store.add_run(RunRecord(**record))
-        else:
-            store.update_run(run_id, status="running")
+        elif not finished_before:
+            store.update_run(run_id, status="running")  # re-claims it for this process
+    barrier(ctx)
+    metrics: dict[str, float] = {}
     try:
         model.to(ctx.device)
         if not resume:
             model.prepare(dataset.train, torch.Generator(device=ctx.device).manual_seed(cfg.seed))
         else:
             model.on_resume(dataset.train)
-        result: TrainResult = train(model, dataset.train, cfg, run_dir, ctx, resume=bool(resume))
-    except BaseException:
-        if ctx.is_main and run_id is not None:
-            store.update_run(run_id, status="failed", finished_at=utc_now())
-            logging.getLogger("ssl_bench").removeHandler(handler)
+        result: TrainResult = train(model, dataset.train, cfg, run_dir, ctx, resume=bool(resume), resume_state=state)
+        del state
+        if ctx.is_main:
+            model.eval()
+            protocol = {"features": model.probe_protocol(), "method": method}
+            feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, ctx.device, protocol)
+            results = evaluate_features(feats, cfg, registry, info.num_classes, ctx.device)
+            results += model.extra_evaluations(dataset, ctx.device)
+            metrics = _flat(results)
+            (run_dir / "metrics.json").write_text(json.dumps({n: r.to_dict() for n, r in results}, indent=1, default=str))
+            recorded = _with_features(results, protocol["features"])
+            if finished_before:  # a successful new evaluation replaces the finished run's metrics, nothing else
+                for name, (values, proto) in recorded.items():
+                    store.replace_metrics(run_id, name, values, proto)
+            else:
+                store.finish_run(
+                    run_id, recorded, wall_time_s=result.wall_time_s,
+                    throughput_img_s=result.throughput_img_s, peak_mem_mb=result.peak_mem_mb,
+                )
+            log.info("%s: %s (run dir %s)", method, _summary(metrics), run_dir)
+    except BaseException as exc:
+        if ctx.is_main and run_id is not None and not finished_before:
+            interrupted = isinstance(exc, (KeyboardInterrupt, TrainingInterrupted))
+            try:
+                store.update_run(run_id, status="interrupted" if interrupted else "failed", finished_at=utc_now())
+            except SSLBenchError as store_exc:  # the store itself is the problem (disk full, read-only)
+                log.warning("could not mark run %s as %s: %s", run_id, "interrupted" if interrupted else "failed", store_exc)
         raise
-    metrics: dict[str, float] = {}
-    if ctx.is_main:
-        model.eval()
-        protocol = {"features": model.probe_protocol(), "method": method}
-        feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, ctx.device, protocol)
-        results = evaluate_features(feats, cfg, registry, info.num_classes, ctx.device)
-        results += model.extra_evaluations(dataset, ctx.device)
-        metrics = _record(store, run_id, results, {"features": protocol["features"]})
-        (run_dir / "metrics.json").write_text(json.dumps({n: r.to_dict() for n, r in results}, indent=1, default=str))
-        store.update_run(
-            run_id, status="finished", finished_at=utc_now(), wall_time_s=result.wall_time_s,
-            throughput_img_s=result.throughput_img_s, peak_mem_mb=result.peak_mem_mb,
-        )
-        log.info("%s: %s (run dir %s)", method, _summary(metrics), run_dir)
-        logging.getLogger("ssl_bench").removeHandler(handler)
+    finally:
+        if handler is not None:
+            logging.getLogger("ssl_bench").removeHandler(handler)
+            handler.close()
     barrier(ctx)
     return RunOutcome(method, run_dir, run_id, metrics)
 
 
-def run_baseline(name: str, cfg: Any, store: ResultsStore, dataset: Any, device: torch.device, registry: Registry | None = None) -> RunOutcome:
-    """`pixels` (raw normalised pixels) or `random-init` (the untrained backbone), same evaluators."""
+def _baseline_identity(cfg: Any, name: str, method: str | None) -> str:
+    """What decides a baseline's numbers: the same identity means the same baseline (reused, not re-run)."""
+    data = _comparable(cfg)
+    keep = {k: data.get(k) for k in ("dataset", "backbone", "eval", "seed", "deconstruct")}
+    if method is not None:
+        keep["method"] = data.get("method")
+    return json.dumps({"baseline": name, **keep}, sort_keys=True)
+
+
+def _stored_baseline(store: ResultsStore, name: str, identity: str) -> int | None:
+    """A finished baseline run with this identity (the latest), or None."""
+    runs = store.runs_frame()
+    if runs.empty:
+        return None
+    runs = runs[(runs["method"] == name) & (runs["status"] == "finished") & runs["is_baseline"].astype(bool)]
+    own = name.split(":", 1)[1] if ":" in name else None
+    for rec in runs.sort_values("id", ascending=False).to_dict("records"):
+        if _baseline_identity(json.loads(rec["config_json"] or "{}"), name, own) == identity:
+            return int(rec["id"])
+    return None
+
+
+def run_baseline(
+    name: str, cfg: Any, store: ResultsStore, dataset: Any, device: torch.device, registry: Registry | None = None,
+    method: str | None = None,
+) -> RunOutcome:
+    """`pixels` (raw normalised pixels) or `random-init`, scored by the same evaluators.
+
+    ``random-init`` is the untrained plain backbone, unless ``method`` names a method whose own
+    network is the honest baseline (``Method.own_random_init``, e.g. a denoising method probed
+    through a fresh DiT encoder at the probe t): then it is that method, built and prepared (its
+    tokenizer fitted) but never trained, probed the same way, recorded as ``random-init:<method>``.
+    A finished baseline with the same identity (dataset, backbone, evaluation, seed, and method
+    config) is reused, not run again.
+    """
     registry = registry or get_registry()
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline '{name}'; baselines are {', '.join(BASELINES)}")
-    run_dir = new_run_dir(cfg.out, cfg, name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    own = None
+    if name == "random-init" and method is not None and getattr(registry.get("method", method), "own_random_init", False):
+        own = method
+    label = f"random-init:{own}" if own else name
+    identity = _baseline_identity(cfg, label, own)
+    existing = _stored_baseline(store, label, identity)
+    if existing is not None:
+        from ssl_bench.results.leaderboard import metrics_by_run
+
+        values, _ = metrics_by_run(store, [existing])[existing]
+        log.info("%s: reusing the stored baseline (run %d)", label, existing)
+        return RunOutcome(label, Path(store.get_run(existing).run_dir or "."), existing, {k: v for k, v in values.items() if v is not None})
+    run_dir = new_run_dir(cfg.out, cfg, label.replace(":", "-"))
     t0 = time.perf_counter()
     if name == "pixels":
         fn, feature = pixel_features, {"feature": "normalised pixels, flattened"}
-    else:
+    elif own is None:
         torch.manual_seed(cfg.seed)
         backbone = build_backbone(cfg, registry, dataset.info).to(device).eval()
         pool = (cfg.get("method") or {}).get("probe_pool", "cls")
         fn = lambda x: backbone.features(x, pool=pool)  # noqa: E731
         feature = {"feature": f"untrained {cfg.backbone.name} (timm init, seed {cfg.seed}), {pool} token after final norm"}
+    else:
+        model = build_method(cfg, registry, dataset.info).to(device)
+        model.prepare(dataset.train, torch.Generator(device=device).manual_seed(cfg.seed))  # the tokenizer, as the run fits it
+        model.eval()
+        fn = model.probe_features
+        feature = {"feature": f"untrained {own} network (seed {cfg.seed}, tokenizer fitted, no gradient step)", "probe": model.probe_protocol()}
+    run_dir.mkdir(parents=True, exist_ok=False)
     run_id = store.add_run(RunRecord(
-        method=name, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(run_dir),
+        method=label, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(run_dir),
         config_json=config_to_json(cfg), seed=cfg.seed, git_commit=git_commit(), versions_json=package_versions(),
         epochs=0, device=str(device), is_baseline=True,
     ))
-    feats = cached_features(run_dir, torch.no_grad()(fn), dataset, cfg.eval.batch_size, device, feature)
-    results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device)
-    metrics = _record(store, run_id, results, {"features": feature["feature"]})
-    store.update_run(run_id, status="finished", finished_at=utc_now(), wall_time_s=time.perf_counter() - t0)
-    log.info("%s: %s", name, _summary(metrics))
-    return RunOutcome(name, run_dir, run_id, metrics)
+    try:
+        feats = cached_features(run_dir, torch.no_grad()(fn), dataset, cfg.eval.batch_size, device, feature)
+        results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device)
+        store.finish_run(run_id, _with_features(results, feature["feature"]), wall_time_s=time.perf_counter() - t0)
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        try:
+            store.update_run(run_id, status=status, finished_at=utc_now())
+        except SSLBenchError:
+            pass
+        raise
+    metrics = _flat(results)
+    log.info("%s: %s", label, _summary(metrics))
+    return RunOutcome(label, run_dir, run_id, metrics)
 
 
 def load_trained_method(run_dir: str | Path, registry: Registry | None = None) -> tuple[Any, Any, Method]:
-    """(config, dataset, method with its checkpoint's weights, on CPU) of a finished run directory."""
+    """(config, dataset, method with its checkpoint's weights, on CPU) of a finished run directory.
+
+    The config comes from ``config.json`` (data), never from ``config.py``: a run directory may come
+    from someone else, and a Python config file would execute whatever it contains.
+    """
     registry = registry or get_registry()
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.py"
+    cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
-        raise ConfigError(f"{run_dir} has no config.py: it is not an ssl-bench run directory (expected config.py and {CHECKPOINT_NAME})")
-    cfg = Config.fromfile(str(cfg_path))
-    dataset = load_dataset(cfg, registry)
-    model = build_method(cfg, registry, dataset.info)
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
+        raise ConfigError(f"{run_dir} has no config.json: it is not an ssl-bench run directory (expected config.json and {CHECKPOINT_NAME})")
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint in {run_dir} does not match its config ({exc})") from None
+        cfg = Config(json.loads(cfg_path.read_text()))
+    except ValueError as exc:
+        raise ConfigError(f"{cfg_path} is not valid JSON ({exc}); it is damaged: re-create it from the checkpoint or retrain") from None
+    dataset = load_dataset(cfg, registry)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
+    model = _prepared_model(cfg, registry, dataset.info, state, run_dir)
     model.run_dir = run_dir
     return cfg, dataset, model
 
@@ -265,12 +460,18 @@ def evaluate_run(run_dir: str | Path, store: ResultsStore, device: torch.device,
     feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, device, protocol, recompute=recompute)
     results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device)
     results += model.extra_evaluations(dataset, device)
+    recorded = _with_features(results, protocol["features"])
     run_id = store.find_run(str(run_dir))
     if run_id is None:
         run_id = store.add_run(RunRecord(
             method=cfg.method.name, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(run_dir),
             config_json=config_to_json(cfg), seed=cfg.seed, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-            git_commit=git_commit(), versions_json=package_versions(), device=str(device), status="finished",
+            git_commit=git_commit(), versions_json=package_versions(), device=str(device),
         ))
-    metrics = _record(store, run_id, results, {"features": protocol["features"]}, replace=True)
-    return RunOutcome(cfg.method.name, run_dir, run_id, metrics)
+        store.finish_run(run_id, recorded)
+    elif store.get_run(run_id).status == "finished":
+        for name, (values, proto) in recorded.items():
+            store.replace_metrics(run_id, name, values, proto)
+    else:  # a run that was interrupted or failed after training: a full evaluation finishes it
+        store.finish_run(run_id, recorded)
+    return RunOutcome(cfg.method.name, run_dir, run_id, _flat(results))

@@ -1,5 +1,6 @@
-"""The l-DAE deconstruction chain: config inheritance, the generated sweeps, the paper's numbers,
-and the whole chain end to end at a tiny scale through `ssl-bench deconstruct`."""
+"""The l-DAE deconstruction chain (a plugin command of ddm): config inheritance, one change per row,
+the generated sweeps, the paper's numbers, and the whole chain end to end at a tiny scale through
+`ssl-bench deconstruct`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Any
 import pytest
 from mmengine.config import Config
 
-from ssl_bench import deconstruct as dc
 from ssl_bench.data.base import DatasetInfo
 from ssl_bench.errors import ConfigError
 from ssl_bench.results.store import ResultsStore
 from ssl_bench.runner import build_method, method_config
+from ssl_bench_plugins.ddm.deconstruct import chain as dc
 
 CHAIN = dc.DEFAULT_CHAIN_DIR
 TINY_BACKBONE = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2"]
@@ -36,6 +37,10 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _load(name: str) -> dict[str, Any]:
+    if name == dc.ROOT_BASE:  # the root goes on top of the ddm method's own defaults
+        from ssl_bench_plugins.ddm.method import DDM
+
+        return _flat(Config.fromfile(str(DDM.default_config)).to_dict())
     return _flat(Config.fromfile(str((CHAIN / name).resolve())).to_dict())
 
 
@@ -45,9 +50,13 @@ def _load(name: str) -> dict[str, Any]:
 @pytest.mark.parametrize("entry", dc.CHAIN_FILES, ids=lambda e: e.name)
 def test_each_file_changes_only_its_documented_keys(entry: dc.ConfigFile):
     text = (CHAIN / entry.name).read_text()
-    base = entry.base if entry.base == dc.ROOT_BASE else f"./{entry.base}"
-    assert f'_base_ = ["{base}"]' in text  # inherits its parent row, nothing else
-    child, parent = _load(entry.name), _load(entry.base)
+    if entry.base == dc.ROOT_BASE:
+        assert "_base_" not in text  # the root is applied on top of the ddm defaults by the runner
+        child = {**_load(entry.base), **_load(entry.name)}
+    else:
+        assert f'_base_ = ["./{entry.base}"]' in text  # inherits its parent row, nothing else
+        child = _load(entry.name)
+    parent = _load(entry.base)
     assert set(child) >= set(parent)
     changed = {k for k in child if k not in parent or child[k] != parent[k]}
     assert changed == set(entry.changes)
@@ -91,13 +100,14 @@ def test_select_steps_groups_names_globs():
 
 
 def test_final_row_is_ldae_and_root_is_ddm_plus_its_changes(registry):
-    """The chain ends at `ssl-bench run ldae`: every key of the ldae config has the ldae value; the
-    only extra keys are DDM-only ones (inherited from the ddm root, unused by the ldae class)."""
+    """The chain ends at `ssl-bench run ldae`: every key of the ldae config has the ldae value (but the
+    method's name); the only extra keys are the DDM objective's, switched off since Table 3 row 1b."""
     row = _flat(dc.step_config(dc.select_steps(["t3_r6_ldae"])[0], registry, CHAIN).to_dict())
     ldae = _flat(method_config("ldae", registry).to_dict())
     ddm = _flat(method_config("ddm", registry).to_dict())
-    assert {k: row[k] for k in ldae} == ldae
+    assert {k: row[k] for k in ldae if k != "method.name"} == {k: v for k, v in ldae.items() if k != "method.name"}
     assert all(k in ddm and k not in ldae for k in set(row) - set(ldae))
+    assert row["method.diffusion.enabled"] is False
     root = dc.step_config(dc.STEPS[0], registry, CHAIN)
     assert root.method.name == "ddm" and root.method.class_cond is True and root.method.tokenizer.name == "conv-vae"
 
@@ -143,7 +153,7 @@ def test_whole_chain_end_to_end(tmp_path: Path, capsys):
     args = [
         "deconstruct", "--rows", "all", "--dataset", "digits", "--backbone", "vit-nano", "--epochs", "1", "--out", str(out),
         "--set", *TINY_BACKBONE, "dataset.limit_train=128", "dataset.limit_test=64", "train.batch_size=64",
-        "train.warmup_epochs=0", "eval.linear.epochs=2", "eval.linear.warmup_epochs=1",
+        "train.warmup_epochs=0", "eval.linear.epochs=2", "eval.linear.warmup_epochs=1", "eval.knn.ks=(10,20)",
         "method.tokenizer.steps=20", "method.figures=True",
     ]
     assert main(args) == 0
@@ -152,17 +162,19 @@ def test_whole_chain_end_to_end(tmp_path: Path, capsys):
     lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
     assert set(lines) == {s.name for s in dc.STEPS}
     for s in dc.STEPS:
+        # row | what changed | d | linear | random-init linear | k-NN | paper | notes
         cells = [c.strip() for c in lines[s.name].split("|")[1:-1]]
-        assert cells[5] == ("" if s.paper_acc is None else f"{s.paper_acc:.1f}")  # the paper's number
+        assert cells[6] == ("" if s.paper_acc is None else f"{s.paper_acc:.1f}")  # the paper's number
         if s.config is None:
-            assert "not run" in cells[6] and cells[4] == ""
+            assert "not run" in cells[7] and cells[3] == ""
         else:
-            assert re.fullmatch(r"\d+\.\d", cells[3]) and re.fullmatch(r"\d+\.\d", cells[4]), lines[s.name]
+            for cell in (cells[3], cells[4], cells[5]):  # ours, the row's own untrained network, k-NN
+                assert re.fullmatch(r"\d+\.\d", cell), lines[s.name]
     for paper in ("57.5", "62.5", "58.4", "59.0", "63.4", "65.1", "62.4", "63.6", "63.9", "64.5", "61.5", "23.6"):
         assert f" {paper} |" in table
 
     # the l-DAE row wrote the paper's figures into its run dir
-    run = out / "t3_r6_ldae" / "digits" / "vit-nano" / "ldae-s0"
+    run = out / "t3_r6_ldae" / "digits" / "vit-nano" / "ddm-s0"
     for fig in ("fig4_pca_bases.png", "fig7_noise_latent_vs_pixel.png", "fig8_denoising.png"):
         assert (run / fig).stat().st_size > 0, fig
 
@@ -170,12 +182,38 @@ def test_whole_chain_end_to_end(tmp_path: Path, capsys):
     store = ResultsStore(out / "results.db")
     runs = store.runs_frame()
     assert set(runs["status"]) == {"finished"}
-    tags = {json.loads(c)["deconstruct"]["rows"][0]: bool(u) for c, u in zip(runs["config_json"], runs["uses_labels"])}
+    trained = runs[~runs["is_baseline"].astype(bool)]
+    tags = {json.loads(c)["deconstruct"]["rows"][0]: bool(u) for c, u in zip(trained["config_json"], trained["uses_labels"])}
     assert tags["t1_r1_class_cond"] is True and tags["t3_r6_ldae"] is False
-    assert len(runs) < len([s for s in dc.STEPS if s.config is not None])  # shared runs trained once
+    assert len(trained) < len([s for s in dc.STEPS if s.config is not None])  # shared runs trained once
+    assert set(runs[runs["is_baseline"].astype(bool)]["method"]) == {"random-init:ddm"}  # one per trained run
+    assert (runs["is_baseline"].astype(bool)).sum() == len(trained)
     store.close()
 
     # the table is rebuilt from the store alone
     assert main(["deconstruct", "--table-only", "--dataset", "digits", "--backbone", "vit-nano", "--out", str(out)]) == 0
     again = capsys.readouterr().out
     assert again[again.index("| row"):] == table
+
+
+def test_final_row_trains_exactly_as_ldae(registry):
+    """The last row is `ssl-bench run ldae` as a ddm run: same parameters, same loss, same features."""
+    import torch
+
+    from ssl_bench.runner import load_dataset
+
+    tiny = [*TINY_BACKBONE, "dataset.limit_train=128"]
+    row = dc.step_config(dc.select_steps(["t3_r6_ldae"])[0], registry, CHAIN, cli={"backbone.name": "vit-nano"}, set_items=tiny)
+    ldae = method_config("ldae", registry, cli={"backbone.name": "vit-nano"}, set_items=tiny)
+    data = load_dataset(ldae, registry)
+    images, labels = next(iter(data.train.batches(32)))
+    out = []
+    for cfg in (row, ldae):
+        model = build_method(cfg, registry, data.info)
+        model.prepare(data.train, torch.Generator().manual_seed(0))
+        loss = model(images, labels, torch.Generator().manual_seed(3)).loss
+        model.eval()
+        out.append((type(model).__name__, loss.item(), model.probe_features(torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)))))
+    (cls_row, loss_row, f_row), (cls_ldae, loss_ldae, f_ldae) = out
+    assert (cls_row, cls_ldae) == ("DDM", "LDAE")
+    assert loss_row == loss_ldae and torch.equal(f_row, f_ldae)

@@ -19,8 +19,8 @@ class RandomMasking(Corruption):
 
     def __init__(self, mask_ratio: float = 0.75):
         super().__init__()
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if not 0.0 < mask_ratio < 1.0:  # 0 removes nothing: MAE's loss would count no token at all
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
 
     def forward(self, z0: Tensor, generator: torch.Generator | None = None) -> Corrupted:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,6 +13,8 @@ from torch import Tensor
 from ssl_bench.data.augment import eval_transform
 
 FEATURES_NAME = "features.pt"
+
+log = logging.getLogger("ssl_bench")
 
 
 @torch.no_grad()
@@ -35,11 +39,22 @@ def cached_features(
     run_dir: Path, fn: Callable[[Tensor], Tensor], dataset: Any, batch_size: int, device: torch.device,
     protocol: dict[str, Any], recompute: bool = False,
 ) -> dict[str, Tensor]:
-    """Features of the train and test splits, from `run_dir/features.pt` when the protocol matches."""
+    """Features of the train and test splits, from `run_dir/features.pt` when the protocol matches.
+
+    The protocol is stored as JSON-normalised data, so any config value compares equal after a
+    round trip. A cache that cannot be read (truncated by a kill, damaged) is recomputed with a
+    warning, never trusted and never an error.
+    """
     path = Path(run_dir) / FEATURES_NAME
+    protocol = json.loads(json.dumps(protocol, sort_keys=True, default=str))
     if path.is_file() and not recompute:
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("protocol") == protocol:
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            ok = isinstance(cached, dict) and all(k in cached for k in ("train", "train_labels", "test", "test_labels"))
+        except Exception as exc:  # any unpickling / zip error: the file is not a usable cache
+            cached, ok = None, False
+            log.warning("features cache %s is unreadable (%s: %s); recomputing it", path, type(exc).__name__, exc)
+        if ok and cached.get("protocol") == protocol:
             return cached
     train_f, train_y = extract_features(fn, dataset.train, dataset.info, batch_size, device)
     test_f, test_y = extract_features(fn, dataset.test, dataset.info, batch_size, device)

@@ -108,7 +108,7 @@ class ReconstructionMethod(Method):
         for key in ("tokenizer", "corruption", "target"):
             if self.specs[key] is None:
                 raise ConfigError(f"method.{key} is not set; name one with --set method.{key}.name=NAME (see `ssl-bench list`)")
-        defaults = self._default_specs()
+        defaults = self.default_specs()
         geometry = {"image_size": self.image_size, "patch_size": self.patch_size, "channels": self.channels}
         spec = self.specs["noise_schedule"]
         self.noise_schedule = (
@@ -137,10 +137,11 @@ class ReconstructionMethod(Method):
     # composition
     # ------------------------------------------------------------------------------------------
 
-    def _default_specs(self) -> dict[str, dict[str, Any] | None]:
+    @classmethod
+    def default_specs(cls) -> dict[str, dict[str, Any] | None]:
         """The parts as the method's own default config names them (to tell an option the user set
         from one inherited from a default component the user replaced)."""
-        path = getattr(type(self), "default_config", None)
+        path = getattr(cls, "default_config", None)
         if not path or not Path(path).is_file():
             return {}
         method = Config.fromfile(str(path)).to_dict().get("method") or {}
@@ -151,6 +152,16 @@ class ReconstructionMethod(Method):
             except ConfigError:
                 out[key] = None
         return out
+
+    @classmethod
+    def tokenizer_for(cls, cfg: Any, info: Any, registry: Any) -> Any:
+        """The tokenizer this method builds for ``cfg`` on a dataset, without the network (cheap:
+        e.g. to read the latent size d a config resolves to). Unfitted."""
+        patch = int(cfg.backbone.get("patch_size") or info.default_patch_size)
+        image_size = int(cfg.method.get("image_size") or info.image_size)
+        geometry = {"image_size": image_size, "patch_size": image_size // (info.image_size // patch), "channels": info.channels}
+        spec = part_spec(cfg.method.get("tokenizer"), "tokenizer")
+        return build_part("tokenizer", "tokenizer", spec, registry, geometry, cls.default_specs().get("tokenizer"))
 
     def tokens_per_image(self) -> int:
         """Tokens the tokenizer makes of one method-size image."""

@@ -205,12 +205,14 @@ def train(
     run_dir: Path,
     ctx: DistContext,
     resume: bool = False,
+    resume_state: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``method`` for ``cfg.train.epochs``, checkpointing into ``run_dir``.
 
     Writes (rank 0) the epoch lines of the ``ssl_bench.train`` logger, ``run_dir/metrics.jsonl``
     and, with tensorboard installed, ``run_dir/tb/``. Raises :class:`TrainingInterrupted` after
     SIGINT/SIGTERM (checkpoint written), :class:`NonFiniteLossError` on a NaN/inf loss.
+    ``resume_state``: the checkpoint already loaded by the caller (on CPU; moved as it is loaded).
     """
     tcfg = cfg.train
     device = ctx.device
@@ -256,7 +258,8 @@ def train(
     start_epoch_step, resumed_epoch_time, resumed_rank_state = 0, 0.0, None
     last_ckpt: str | None = None  # what the checkpoint on disk holds, for the NaN message
     if resume:
-        state = load_checkpoint(ckpt_path, map_location=device)
+        # the runner has read (and checked) the checkpoint already: reuse it rather than read it twice
+        state = resume_state if resume_state is not None else load_checkpoint(ckpt_path, map_location=device)
         try:
             method.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

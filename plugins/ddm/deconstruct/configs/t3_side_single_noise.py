@@ -3,4 +3,4 @@
 # Paper 61.5 % (vs 64.5 % for the multi-level l-DAE).
 _base_ = ["./t3_r6_ldae.py"]
 
-method = dict(schedule=dict(name="constant-sigma", sigma=(1 / 3) ** 0.5))
+method = dict(noise_schedule=dict(name="constant-sigma", sigma=(1 / 3) ** 0.5))

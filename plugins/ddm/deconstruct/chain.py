@@ -1,36 +1,41 @@
-"""The l-DAE deconstruction chain (Chen et al. 2024, Tables 1-3, Fig. 5; METHODS.md §1.3-§1.6, §1.11).
+"""The l-DAE deconstruction chain (Chen, Liu, Xie, He 2024, "Deconstructing Denoising Diffusion Models
+for Self-Supervised Learning", §4, Tables 1-3, Fig. 5, Fig. 6).
 
 The paper's argument is a *trajectory*: start from a class-conditional DiT DDM and change one thing
 per row until a classical denoising autoencoder (l-DAE) is left, reading the linear-probe accuracy
 after every change. This module holds that trajectory as data so that it can be re-run on any
 dataset / backbone and compared with the paper row by row:
 
-* ``CHAIN_FILES``: the mmengine config files in ``benchmarks/deconstruct/``. Each inherits its
-  parent with ``_base_`` and changes only the keys listed here (the tests check that), so the chain
-  of files *is* the paper's chain of rows.
+* ``CHAIN_FILES``: the mmengine config files in ``configs/`` beside this module (shipped as package
+  data). Each inherits its parent with ``_base_`` and changes only the keys listed here (the tests
+  check that), so the chain of files *is* the paper's chain of rows, one change per row. The root
+  file is applied on top of the ``ddm`` method's defaults.
 * ``STEPS``: every row of Tables 1-3 and Fig. 5 (name, config file, the paper's accuracy, a note),
   including the rows we cannot realise without a supervised network (``config=None`` and a
   ``not_run`` reason). The Table-2 and Fig.-5 sweeps are generated (``table2_steps``,
   ``fig5_steps``) with their sizes expressed relative to the dataset, because a 768-value 16x16x3
   token only exists on 256 px images.
 * ``run_chain`` runs the selected rows (one ``run_method`` each, rows whose resolved configs
-  coincide share one run) and tags every run with its row names in the stored config;
-  ``build_table`` rebuilds our-vs-paper from the results store alone, so the table survives
-  re-evaluation and can be regenerated without re-training.
+  coincide share one run), and for each run the same network untrained (its tokenizer fitted, no
+  gradient step) through the same probes: the random-init baseline of *that* network at the probe
+  t. Every run is tagged with its row names in the stored config; ``build_table`` rebuilds
+  our-vs-paper from the results store alone, so the table survives re-evaluation and can be
+  regenerated without re-training.
 
-The rows are all configs of one method class (``plugins/ldae/method.py``: ``DenoisingMethod``);
-``ddm`` and ``ldae`` differ only in their defaults, which the chain's root file replaces.
+Every row is a run of the ``ddm`` method (the core ``DenoisingMethod`` plus DiT's DDPM objective
+where the config is a DDPM), so the chain depends on no other plugin; the final row resolves to
+``ssl-bench run ldae`` and trains identically.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import json
 import logging
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -41,11 +46,12 @@ from ssl_bench.results.leaderboard import finished_runs, knn_top1_k20, metrics_b
 
 log = logging.getLogger("ssl_bench")
 
-#: Where ``benchmarks/deconstruct/`` lives in a source checkout (the package is installed editable
-#: from the repo); ``--chain-dir`` points elsewhere for a non-editable install.
-DEFAULT_CHAIN_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "deconstruct"
-#: The chain's root inherits the DiT DDM plugin defaults; tests diff the root against this file.
-ROOT_BASE = "../../plugins/ddm/default_config.py"
+#: The chain's config files, shipped inside the plugin (package data): works from a wheel install.
+DEFAULT_CHAIN_DIR = Path(__file__).resolve().parent / "configs"
+#: Every row is a run of this method; the root file goes on top of its defaults.
+CHAIN_METHOD = "ddm"
+#: ``ConfigFile.base`` of the root: the method's own default config (not a file of the chain).
+ROOT_BASE = "<ddm defaults>"
 #: Top-level config key that tags a run with the chain rows it stands for (read back by build_table).
 TAG_KEY = "deconstruct"
 
@@ -94,16 +100,17 @@ CHAIN_FILES: tuple[ConfigFile, ...] = (
         "method.dit.cond_hidden_ratio", "train.warmup_epochs",
     )),
     ConfigFile("t1_r4_conv_vae.py", "t1_r1_class_cond.py", ("method.class_cond",)),
-    ConfigFile("t1_r5_gamma2_linear.py", "t1_r4_conv_vae.py", ("method.schedule.name",)),
+    ConfigFile("t1_r5_gamma2_linear.py", "t1_r4_conv_vae.py", ("method.noise_schedule.name",)),
     ConfigFile("t2_patch_vae.py", "t1_r5_gamma2_linear.py", ("method.tokenizer.name",)),
     ConfigFile("t2_patch_ae.py", "t2_patch_vae.py", ("method.tokenizer.name",)),
     ConfigFile("t2_patch_pca.py", "t2_patch_ae.py", ("method.tokenizer.name", "method.tokenizer.latent_ratio")),
-    ConfigFile("t3_r2_predict_clean.py", "t2_patch_pca.py", ("method.prediction", "method.target")),
-    ConfigFile("t3_r3_no_input_scaling.py", "t3_r2_predict_clean.py", ("method.schedule.name",)),
+    ConfigFile("t3_r1b_no_learned_variance.py", "t2_patch_pca.py", ("method.diffusion.enabled",)),
+    ConfigFile("t3_r2_predict_clean.py", "t3_r1b_no_learned_variance.py", ("method.target.name",)),
+    ConfigFile("t3_r3_no_input_scaling.py", "t3_r2_predict_clean.py", ("method.noise_schedule.name",)),
     ConfigFile("t3_r4_image_input.py", "t3_r3_no_input_scaling.py", ("method.input_space",)),
-    ConfigFile("t3_r5_image_output.py", "t3_r4_image_input.py", ("method.output_space", "method.target")),
-    ConfigFile("t3_r6_ldae.py", "t3_r5_image_output.py", ("method.target",)),
-    ConfigFile("t3_side_single_noise.py", "t3_r6_ldae.py", ("method.schedule.name", "method.schedule.sigma")),
+    ConfigFile("t3_r5_image_output.py", "t3_r4_image_input.py", ("method.target.name",)),
+    ConfigFile("t3_r6_ldae.py", "t3_r5_image_output.py", ("method.target.name", "method.target.residual_weight")),
+    ConfigFile("t3_side_single_noise.py", "t3_r6_ldae.py", ("method.noise_schedule.name", "method.noise_schedule.sigma")),
     ConfigFile("f5_pixel.py", "t2_patch_pca.py", ("method.tokenizer.name",)),
 )
 
@@ -151,7 +158,6 @@ class Step:
     change: str  # what this row changes, for the printed table
     paper_acc: float | None  # linear-probe top-1 (%) on ImageNet-1k, ViT-1/2L encoder
     config: str | None
-    method: str = "ddm"
     overrides: Mapping[str, Any] | Overrides | None = None
     note: str = ""
     not_run: str = ""
@@ -237,18 +243,21 @@ def build_steps(dims: Iterable[int] = TABLE2_DIMS) -> list[Step]:
     t3 = [
         Step("t3_r1_patch_pca", "table3", "patch-wise PCA baseline", "tokenizer patch PCA, d = 32 (= Table 2)",
              65.1, "t2_patch_pca.py", note="same as t2_patch-pca_d32", trajectory=True),
-        Step("t3_r2_predict_clean", "table3", "+ predict clean data", "predict z0, lambda = gamma^2", 62.4,
-             "t3_r2_predict_clean.py", method="ldae", note="footnote 4: drop not seen when undone at the end", trajectory=True),
+        Step("t3_r1b_no_learned_variance", "table3", "(ours) - learned variance and VLB",
+             "DDPM objective off: plain L_simple, eps-prediction", None, "t3_r1b_no_learned_variance.py",
+             note="not a paper row: separates the objective change from 'predict clean data'"),
+        Step("t3_r2_predict_clean", "table3", "+ predict clean data", "target z0 (x0-prediction), lambda = gamma^2", 62.4,
+             "t3_r2_predict_clean.py", note="footnote 4: drop not seen when undone at the end", trajectory=True),
         Step("t3_r3_no_input_scaling", "table3", "+ remove input scaling", "gamma = 1, sigma 0 -> sqrt 2, lambda = 1/(1+sigma^2)",
-             63.6, "t3_r3_no_input_scaling.py", method="ldae", trajectory=True),
+             63.6, "t3_r3_no_input_scaling.py", trajectory=True),
         Step("t3_r4_image_input", "table3", "+ operate on image input with inv. PCA", "input: noisy image via inverse PCA",
-             63.6, "t3_r4_image_input.py", method="ldae", trajectory=True),
+             63.6, "t3_r4_image_input.py", trajectory=True),
         Step("t3_r5_image_output", "table3", "+ operate on image output with inv. PCA", "output: pixels, target V^T V x0",
-             63.9, "t3_r5_image_output.py", method="ldae", trajectory=True),
+             63.9, "t3_r5_image_output.py", trajectory=True),
         Step("t3_r6_ldae", "table3", "+ predict original image (l-DAE)", "target: original image, weights 1 / 0.1",
-             64.5, "t3_r6_ldae.py", method="ldae", note="= ssl-bench run ldae", trajectory=True),
+             64.5, "t3_r6_ldae.py", note="= ssl-bench run ldae", trajectory=True),
         Step("t3_side_single_noise", "table3", "(side study) single noise level", "sigma = sqrt(1/3) for all samples",
-             61.5, "t3_side_single_noise.py", method="ldae"),
+             61.5, "t3_side_single_noise.py"),
     ]
     return t1 + table2_steps(dims) + t3 + fig5_steps()
 
@@ -286,7 +295,7 @@ def chain_dir_or_error(chain_dir: str | Path | None) -> Path:
     if not (path / CHAIN_FILES[0].name).is_file():
         raise ConfigError(
             f"deconstruction configs not found in {path} (expected {CHAIN_FILES[0].name} ...); "
-            "pass --chain-dir PATH/TO/benchmarks/deconstruct"
+            "pass --chain-dir pointing at a folder with the chain's config files, or reinstall ssl-bench"
         )
     return path
 
@@ -310,7 +319,7 @@ def base_config(
 
     if step.config is None:
         raise ConfigError(f"row {step.name} is not realisable here: {step.not_run}")
-    return method_config(step.method, registry, user_config=chain_dir / step.config, cli=dict(cli or {}), set_items=set_items)
+    return method_config(CHAIN_METHOD, registry, user_config=chain_dir / step.config, cli=dict(cli or {}), set_items=set_items)
 
 
 def step_config(
@@ -328,22 +337,39 @@ def step_config(
     if extra:
         _check_keys_exist(cfg, extra, f"row {step.name}")
         cfg.merge_from_dict(extra)
+    _drop_options_the_row_does_not_take(cfg, registry, set_items, step)
     return cfg
+
+
+def _drop_options_the_row_does_not_take(cfg: Any, registry: Any, set_items: Sequence[str], step: Step) -> None:
+    """A chain-wide ``--set method.tokenizer.steps=20`` is meant for the rows whose tokenizer has
+    that option (the patch AE / VAE / conv VAE); the other rows drop it (logged) instead of failing."""
+    from ssl_bench.config import parse_set_items
+    from ssl_bench.methods.parts import PART_KINDS, part_spec
+
+    for key in parse_set_items(set_items):
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "method" or parts[1] not in PART_KINDS or parts[2] == "name":
+            continue
+        spec = part_spec(cfg.method.get(parts[1]), parts[1])
+        if spec is None:
+            continue
+        params = inspect.signature(registry.get(PART_KINDS[parts[1]], spec["name"])).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if not takes_any and parts[2] not in params:
+            del cfg.method[parts[1]][parts[2]]
+            log.info("row %s: %s does not apply to %s '%s'; dropped for this row", step.name, key, parts[1], spec["name"])
 
 
 def _resolved_tokenizer(cfg: Any, info: Any, registry: Any) -> dict[str, Any] | None:
     """Tokenizer sizes as the method will resolve them (d from latent_ratio, conv-VAE channels).
 
-    Builds only the tokenizer (through the method class's own ``build_tokenizer``, so there is one
-    rule for d), not the DiT: cheap even for ViT-L rows. None when that is not possible.
+    Builds only the tokenizer (through the method class's own rule, ``tokenizer_for``), not the
+    DiT: cheap even for ViT-L rows. None when that is not possible.
     """
     try:
-        cls = registry.get("method", cfg.method.name)
-        geom = geometry_of(cfg, info)
-        image_size = int(cfg.method.get("image_size") or info.image_size)
-        shim = SimpleNamespace(patch_size=image_size // geom.grid, channels=info.channels, image_size=image_size)
-        tok = cls.build_tokenizer(shim, cfg.method.tokenizer)
-    except Exception:  # not a DenoisingMethod, or a config the run itself will reject with a clear error
+        tok = registry.get("method", cfg.method.name).tokenizer_for(cfg, info, registry)
+    except Exception:  # a config the run itself will reject with a clear error
         return None
     return {"latent_dim": int(tok.latent_dim), "latent_channels": getattr(tok, "latent_channels", None), "patch": getattr(tok, "patch_size", None)}
 
@@ -379,16 +405,16 @@ class StepRun:
 def run_chain(
     steps: Sequence[Step], *, registry: Any, chain_dir: Path, store: Any, ctx: Any,
     cli: Mapping[str, Any] | None = None, set_items: Sequence[str] = (), out: str | Path = "runs/deconstruct",
-    dataset: Any = None,
+    dataset: Any = None, random_init: bool = True,
 ) -> list[StepRun]:
-    """Train and evaluate every realisable row (one ``run_method`` per distinct resolved config).
+    """Train and evaluate every realisable row (one ``run_method`` per distinct resolved config), and
+    with ``random_init`` the same network untrained, probed the same way.
 
-    Each run's config gets ``deconstruct = dict(rows=[...], chain_dir=...)`` so that
-    ``build_table`` finds it in the store later; its run dir is ``OUT/<first row>/...``. A failing
-    row is reported and the chain goes on: one broken tokenizer should not cost the other rows of a
-    multi-hour run.
+    Each run's config gets ``deconstruct = dict(rows=[...])`` so that ``build_table`` finds it in the
+    store later; its run dir is ``OUT/<first row>/...``. A failing row is reported and the chain goes
+    on: one broken tokenizer should not cost the other rows of a multi-hour run.
     """
-    from ssl_bench.runner import load_dataset, run_method
+    from ssl_bench.runner import load_dataset, run_baseline, run_method
 
     runnable = [s for s in steps if s.config is not None]
     results: dict[str, StepRun] = {s.name: StepRun(s, "not run", error=s.not_run) for s in steps if s.config is None}
@@ -406,13 +432,15 @@ def run_chain(
     for members in groups.values():
         first, cfg = members[0]
         names = [s.name for s, _ in members]
-        cfg[TAG_KEY] = dict(rows=names, chain_dir=str(chain_dir))
+        cfg[TAG_KEY] = dict(rows=names)
         cfg.out = str(Path(out) / first.name)
         if getattr(ctx, "is_main", True):
             extra = f" (also {', '.join(names[1:])})" if len(names) > 1 else ""
             log.info("== deconstruct %s%s: %s, %s ==", first.name, extra, first.config, first.change)
         try:
-            run_method(first.method, cfg, store, ctx, dataset=dataset, registry=registry)
+            run_method(CHAIN_METHOD, cfg, store, ctx, dataset=dataset, registry=registry)
+            if random_init and getattr(ctx, "is_main", True):
+                run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=CHAIN_METHOD)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
@@ -431,22 +459,24 @@ def run_chain(
 # ---------------------------------------------------------------------------------------------
 
 ROW_COL, CHANGE_COL, D_COL = "row", "what changed", "d"
-KNN_COL, LINEAR_COL, PAPER_COL, NOTES_COL = "k-NN top-1", "linear top-1", "paper linear", "notes"
-TABLE_COLUMNS = (ROW_COL, CHANGE_COL, D_COL, KNN_COL, LINEAR_COL, PAPER_COL, NOTES_COL)
+LINEAR_COL, RANDOM_COL, KNN_COL, PAPER_COL, NOTES_COL = (
+    "linear top-1", "random-init linear", "k-NN top-1", "paper linear", "notes",
+)
+TABLE_COLUMNS = (ROW_COL, CHANGE_COL, D_COL, LINEAR_COL, RANDOM_COL, KNN_COL, PAPER_COL, NOTES_COL)
 
 
-def _tagged_runs(store: Any, dataset: str | None, backbone: str | None) -> dict[str, dict[str, Any]]:
-    """Row name -> its latest finished tagged run (as a runs-frame record) for dataset/backbone."""
+def _tagged_runs(store: Any, dataset: str | None, backbone: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(row -> its latest finished trained run, row -> its latest random-init baseline), as
+    runs-frame records, for dataset / backbone."""
     runs = finished_runs(store, dataset, backbone)
-    latest: dict[str, dict[str, Any]] = {}
+    trained: dict[str, dict[str, Any]] = {}
+    baseline: dict[str, dict[str, Any]] = {}
     for rec in ([] if runs.empty else runs.sort_values("id").to_dict("records")):
-        try:
-            tag = (json.loads(rec["config_json"] or "{}") or {}).get(TAG_KEY) or {}
-        except (TypeError, ValueError):
-            continue
+        tag = (json.loads(rec["config_json"] or "{}") or {}).get(TAG_KEY) or {}
+        target = baseline if bool(rec.get("is_baseline")) else trained
         for name in tag.get("rows") or []:
-            latest[name] = {**rec, "rows": list(tag["rows"])}  # ordered by id: the latest wins
-    return latest
+            target[name] = {**rec, "rows": list(tag["rows"])}  # ordered by id: the latest wins
+    return trained, baseline
 
 
 def _latent_dim(protocols: Mapping[str, Mapping[str, Any]]) -> int | None:
@@ -466,19 +496,23 @@ def build_table(
     steps: Sequence[Step], store: Any, dataset: str | None = None, backbone: str | None = None,
     outcomes: Sequence[StepRun] = (),
 ) -> pd.DataFrame:
-    """Our k-NN / linear top-1 next to the paper's linear probe, one line per row, from the store.
+    """Our linear probe (the paper's metric) and k-NN top-1 next to the paper's linear probe, one line
+    per row, from the store; ``random-init linear`` is the row's own network untrained.
 
     ``outcomes`` only adds this invocation's failures to the notes; every number comes from the
     store (rows tagged in their run config), so the same table is rebuilt by ``--table-only``.
     """
-    tagged = _tagged_runs(store, dataset, backbone)
-    metrics = metrics_by_run(store, {int(r["id"]) for r in tagged.values()})
+    tagged, baselines = _tagged_runs(store, dataset, backbone)
+    ids = {int(r["id"]) for r in tagged.values()} | {int(r["id"]) for r in baselines.values()}
+    metrics = metrics_by_run(store, ids)
     failed = {o.step.name: o.error for o in outcomes if o.status == "failed"}
     rows = []
     for s in steps:
         notes = [s.note] if s.note else []
         rec = tagged.get(s.name)
         values, protocols = metrics[int(rec["id"])] if rec else ({}, {})
+        base = baselines.get(s.name)
+        base_values = metrics[int(base["id"])][0] if base else {}
         if s.config is None:
             notes.insert(0, s.not_run)
         elif s.name in failed:
@@ -497,14 +531,15 @@ def build_table(
             ROW_COL: s.name,
             CHANGE_COL: s.change,
             D_COL: _latent_dim(protocols),
-            KNN_COL: _pct(knn_top1_k20(values, protocols)),
             LINEAR_COL: _pct(values.get("linear_top1")),
+            RANDOM_COL: _pct(base_values.get("linear_top1")),
+            KNN_COL: _pct(knn_top1_k20(values, protocols)),
             PAPER_COL: s.paper_acc,
             NOTES_COL: "; ".join(n for n in notes if n),
         })
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     df[D_COL] = df[D_COL].astype("Int64")
-    for col in (KNN_COL, LINEAR_COL, PAPER_COL):
+    for col in (LINEAR_COL, RANDOM_COL, KNN_COL, PAPER_COL):
         df[col] = df[col].astype("float64")
     return df
 

@@ -2,4 +2,4 @@
 # lambda_t = 1 / (1 + sigma_t^2) (the same x0 weighting rule on this schedule), paper 63.6 %.
 _base_ = ["./t3_r2_predict_clean.py"]
 
-method = dict(schedule=dict(name="sigma-linear"))
+method = dict(noise_schedule=dict(name="sigma-linear"))
