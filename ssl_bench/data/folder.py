@@ -596,9 +596,10 @@ class FolderSplit(ImageSplit):
         reader = self._reader.with_views(spec)
         raw: list[Tensor | None] = payload["raw"]
         pos = [b for b, r in enumerate(raw) if r is not None]
-        images: list[Tensor | None]
+        images: list[Tensor | None] = []
         try:
-            images = list(decode_jpeg([raw[b] for b in pos], mode=ImageReadMode.RGB, device=device))  # each [C, H, W]
+            if pos:
+                images = list(decode_jpeg([raw[b] for b in pos], mode=ImageReadMode.RGB, device=device))  # [C, H, W]
         except RuntimeError:  # one bad file fails the whole batch: retry one by one
             images = []
             for b in pos:
