@@ -312,7 +312,7 @@ def test_centre_view_is_the_dit_centre_crop(folder: Path) -> None:
 
 @pytest.mark.parametrize("decoder", ["torchvision", "pil"])
 def test_other_formats_and_modes_decode(tmp_path: Path, decoder: str) -> None:
-    """Grey / CMYK JPEGs, PNG with alpha, BMP: all decode to RGB, none counts as unreadable."""
+    """Grey / CMYK JPEGs, PNG with alpha, 16-bit PNG, BMP: all decode to uint8 RGB, none is "unreadable"."""
     rng = np.random.default_rng(5)
     d = tmp_path / "a"
     d.mkdir()
@@ -322,10 +322,12 @@ def test_other_formats_and_modes_decode(tmp_path: Path, decoder: str) -> None:
     img.convert("CMYK").save(d / "cmyk.jpg", quality=90)
     img.convert("RGBA").save(d / "alpha.png")
     img.save(d / "plain.bmp")
+    Image.fromarray((np.asarray(img.convert("L"), dtype=np.uint16) * 257)).save(d / "deep.png")  # 16-bit grey
     split = FolderSplit(str(tmp_path), 32, num_workers=0, decoder=decoder)
-    (x, _), = _epoch(split, views=MOCO_VIEWS)
-    (e, _), = list(split.batches(5))
-    assert x.shape == (5, 2, 3, 32, 32) and e.shape == (5, 3, 32, 32) and split.skipped_files == 0
+    (x, _), = list(split.batches(6, views=MOCO_VIEWS))
+    (e, _), = list(split.batches(6))
+    assert x.shape == (6, 2, 3, 32, 32) and e.shape == (6, 3, 32, 32) and split.skipped_files == 0
+    assert x.dtype == e.dtype == torch.uint8
     ref = e[sorted(p.name for p in d.iterdir()).index("rgb.jpg")].float()
     for name in ("alpha.png", "plain.bmp", "cmyk.jpg"):  # the same picture (up to JPEG / CMYK loss)
         assert (e[sorted(p.name for p in d.iterdir()).index(name)].float() - ref).abs().mean() < 12

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import default_collate
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F2
@@ -205,7 +206,9 @@ class _FolderReader:
 
     # ------------------------------------------------------------------ one image
 
-    def _plan(self, height: int, width: int, file_index: int, epoch_seed: int, jpeg: bool) -> tuple[list[Box], int]:
+    def _plan(
+        self, height: int, width: int, file_index: int, epoch_seed: int, jpeg: bool
+    ) -> tuple[list[Box], int]:
         """Crop boxes on the full image and the DCT scaling factor they allow."""
         margin = self.draft_margin
         if self.views is None:
@@ -262,6 +265,8 @@ class _FolderReader:
                 img = F2.pil_to_tensor(rgb)  # [C, h, w] uint8, HWC in memory (the fast resize layout)
                 return self._cut(img, height, width, boxes, factor), factor
         img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)  # [C, H, W]
+        if img.dtype != torch.uint8:  # 16-bit PNGs decode to uint16
+            img = F2.to_dtype(img, torch.uint8, scale=True)
         return self._cut(img, height, width, boxes, 1), 1
 
     def _prepare_cuda(self, path: str, file_index: int, epoch_seed: int) -> _Decoded:
@@ -335,7 +340,9 @@ class _FolderReader:
                 "items": [(int(i), int(seed)) for i, seed in items],
             }
             return payload, labels, info
-        images = torch.stack([d.pixels for d in decoded if d.pixels is not None])  # [B, V, C, S, S] / [B, C, S, S]
+        # default_collate stacks straight into shared memory inside a worker: the batch is not
+        # copied again on its way to the main process
+        images = default_collate([d.pixels for d in decoded])  # [B, V, C, S, S] / [B, C, S, S]
         return images, labels, info
 
 
@@ -589,9 +596,10 @@ class FolderSplit(ImageSplit):
         reader = self._reader.with_views(spec)
         raw: list[Tensor | None] = payload["raw"]
         pos = [b for b, r in enumerate(raw) if r is not None]
-        images: list[Tensor | None]
+        images: list[Tensor | None] = []
         try:
-            images = list(decode_jpeg([raw[b] for b in pos], mode=ImageReadMode.RGB, device=device))  # each [C, H, W]
+            if pos:
+                images = list(decode_jpeg([raw[b] for b in pos], mode=ImageReadMode.RGB, device=device))  # [C, H, W]
         except RuntimeError:  # one bad file fails the whole batch: retry one by one
             images = []
             for b in pos:
