@@ -73,6 +73,20 @@ def _check_keys_exist(cfg: Config, overrides: dict[str, Any], origin: str) -> No
             node = node[part]
 
 
+def _open_none_slots(cfg: Config, dotted_keys: Iterable[str]) -> None:
+    """mmengine refuses to merge a dict (or a dotted sub-key) into a None value; a None component
+    slot (e.g. MAE's ``method.noise_schedule=None``) being given options becomes an empty dict first."""
+    for key in dotted_keys:
+        parts = key.split(".")
+        node: Any = cfg
+        for part in parts[:-1]:
+            if not isinstance(node, (dict, ConfigDict, Config)) or part not in node:
+                break
+            if node[part] is None:
+                node[part] = ConfigDict()
+            node = node[part]
+
+
 def flat_keys(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dict -> {"a.b.c": leaf}; a dict value is descended into, anything else is a leaf."""
     out: dict[str, Any] = {}
@@ -118,8 +132,10 @@ def load_config(
         if path is None:
             continue
         loaded = read_config_file(path, origin)
+        keys = flat_keys(loaded)
         if origin == "--config":  # a user file is checked like --set: a misspelt key is an error
-            _check_keys_exist(cfg, flat_keys(loaded), f"--config {path}")
+            _check_keys_exist(cfg, keys, f"--config {path}")
+        _open_none_slots(cfg, keys)
         cfg.merge_from_dict(loaded)
     if cli:
         cli = {k: v for k, v in cli.items() if v is not None}
@@ -127,6 +143,7 @@ def load_config(
         cfg.merge_from_dict(cli)
     overrides = parse_set_items(set_items)
     _check_keys_exist(cfg, overrides, "--set")
+    _open_none_slots(cfg, overrides)
     cfg.merge_from_dict(overrides)
     return cfg
 

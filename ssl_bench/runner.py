@@ -313,8 +313,10 @@ def run_method(
             results = evaluate_features(feats, cfg, registry, info.num_classes, ctx.device)
             results += model.extra_evaluations(dataset, ctx.device)
             metrics = _flat(results)
-            (run_dir / "metrics.json").write_text(json.dumps({n: r.to_dict() for n, r in results}, indent=1, default=str))
             recorded = _with_features(results, protocol["features"])
+            (run_dir / "metrics.json").write_text(
+                json.dumps({n: {"metrics": m, "protocol": pr} for n, (m, pr) in recorded.items()}, indent=1, default=str)
+            )
             if finished_before:  # a successful new evaluation replaces the finished run's metrics, nothing else
                 for name, (values, proto) in recorded.items():
                     store.replace_metrics(run_id, name, values, proto)

@@ -121,3 +121,20 @@ def test_missing_noise_schedule_is_a_clear_error(digits):
     cfg = method_config("mae", REG, cli={"backbone.name": "vit-nano"}, set_items=[*TINY, "method.corruption.name=additive-latent-noise"])
     with pytest.raises(ConfigError, match="corruption 'additive-latent-noise' adds noise but method.noise_schedule is not set"):
         build_method(cfg, REG, digits.info)
+
+
+def test_a_new_method_as_config_alone_trains(digits):
+    """CONTRIBUTING's example: MAE in the PCA latent, written as a config file only."""
+    from pathlib import Path
+
+    from ssl_bench.components.latent_targets import CleanLatentTarget
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "configs" / "mae_pca_latent.py"
+    cfg = method_config("mae", REG, user_config=path, cli={"backbone.name": "vit-nano"}, set_items=TINY)
+    model = build_method(cfg, REG, digits.info)
+    assert isinstance(model.target, CleanLatentTarget) and model.backbone.patch_size == 1  # the ViT reads the latent
+    model.prepare(digits.train, torch.Generator().manual_seed(0))
+    images, labels = next(iter(digits.train.batches(16)))
+    out = model(images, labels, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert math.isfinite(out.loss.item()) and model.backbone.vit.blocks[0].attn.qkv.weight.grad is not None

@@ -1,12 +1,8 @@
 """The core joint-embedding parts: InfoNCE and negative-cosine losses, MLP heads, the momentum
-schedule / update / encoder, the two-view augmentation (also on views pre-cropped by a loader),
-and the import boundary (the core and the example plugin import no first-party plugin; MoCo v3
-imports no other plugin)."""
+schedule / update / encoder, the two-view augmentation (also on views pre-cropped by a loader).
+The import boundaries are in tests/test_layout.py."""
 
 from __future__ import annotations
-
-import ast
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +19,6 @@ from ssl_bench.components.losses import (
 from ssl_bench.components.momentum import MomentumEncoder, momentum_at, momentum_update_
 from ssl_bench.data import augment as A
 
-REPO = Path(__file__).resolve().parents[1]
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 
 
@@ -248,33 +243,3 @@ def test_two_view_augment_on_views_cropped_by_the_loader(channels):
         tv(views[:, [0, 1, 0]], mean, std, g)
     with pytest.raises(ValueError):  # views cropped at another size than the augmentation's
         A.TwoViewAugment.byol(6)(views, mean, std, g)
-
-
-# ---------------------------------------------------------------------------- import boundary
-
-
-def _imported_modules(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
-
-
-def test_core_imports_no_plugin_and_mocov3_no_other_plugin():
-    """The joint-embedding parts live in the core so that plugins share them without importing
-    each other; the core itself (and the third-party example) must never depend on a first-party
-    plugin."""
-    paths = [*(REPO / "ssl_bench").rglob("*.py"), *(REPO / "examples" / "ssl-bench-example").rglob("*.py")]
-    assert len(paths) > 20
-    for path in sorted(paths):
-        bad = {m for m in _imported_modules(path) if m.split(".")[0] in ("ssl_bench_plugins", "plugins")}
-        assert not bad, f"{path.relative_to(REPO)} imports plugin code: {sorted(bad)}"
-    for path in sorted((REPO / "plugins" / "mocov3").rglob("*.py")):
-        bad = {
-            m for m in _imported_modules(path)
-            if m.split(".")[0] == "plugins" or (m.startswith("ssl_bench_plugins.") and not m.startswith("ssl_bench_plugins.mocov3"))
-        }
-        assert not bad, f"{path.relative_to(REPO)} imports another plugin: {sorted(bad)}"

@@ -181,18 +181,28 @@ def test_figures_and_pca_basis_written(tiny_cfg, tmp_path):
     assert torch.equal(saved["basis"], m.tokenizer.basis) and saved["latent_dim"] == 2
 
 
-def test_resumed_run_still_writes_its_figures(tiny_cfg, tmp_path):
+def test_resumed_run_still_writes_its_figures(tiny_cfg, tmp_path, monkeypatch):
     from ssl_bench.results.store import ResultsStore
     from ssl_bench.runner import run_method
     from ssl_bench.train.distributed import DistContext
+    from ssl_bench_plugins.ldae.method import LDAE
 
     cpu = DistContext(0, 1, 0, torch.device("cpu"))
     store = ResultsStore(tmp_path / "results.db")
-    first = run_method("ldae", tiny_cfg("ldae", "train.epochs=1"), store, cpu)
-    figs = sorted(first.run_dir.glob("fig*.png"))
-    assert len(figs) == 3
-    for p in figs:
-        p.unlink()
-    resumed = run_method("ldae", tiny_cfg("ldae", "train.epochs=2"), store, cpu, resume=first.run_dir)
-    assert resumed.run_dir == first.run_dir
-    assert sorted(p.name for p in first.run_dir.glob("fig*.png")) == [p.name for p in figs]
+    real_step, calls = LDAE.training_step, {"n": 0}
+
+    def dies_in_epoch_2(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # 4 steps per epoch
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(LDAE, "training_step", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_method("ldae", tiny_cfg("ldae", "train.epochs=2"), store, cpu)
+    monkeypatch.setattr(LDAE, "training_step", real_step)
+    run_dir = next((tmp_path / "runs" / "digits" / "vit-nano").glob("ldae-s0"))
+    assert not list(run_dir.glob("fig*.png"))  # figures come after training
+    resumed = run_method("ldae", tiny_cfg("ldae", "train.epochs=2"), store, cpu, resume=run_dir)
+    assert resumed.run_dir == run_dir
+    assert sorted(p.name for p in run_dir.glob("fig*.png")) == ["fig4_pca_bases.png", "fig7_noise_latent_vs_pixel.png", "fig8_denoising.png"]

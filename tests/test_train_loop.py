@@ -134,7 +134,7 @@ def test_accumulation_changes_nothing_when_one(tiny_cfg, tmp_path) -> None:
 def test_accumulation_checks_divisibility(tiny_cfg, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"not divisible by 1 processes x 3 accumulation.*multiple of 3"):
         _train(tiny_cfg, tmp_path, MeanFeatureLoss, "train.accum_iter=3")
-    with pytest.raises(ValueError, match="accum_iter must be >= 1"):
+    with pytest.raises(ValueError, match=r"train.accum_iter=-1 is invalid: expected an integer >= 1"):
         _train(tiny_cfg, tmp_path, MeanFeatureLoss, "train.accum_iter=-1")
 
 
