@@ -217,3 +217,31 @@ def test_final_row_trains_exactly_as_ldae(registry):
     (cls_row, loss_row, f_row), (cls_ldae, loss_ldae, f_ldae) = out
     assert (cls_row, cls_ldae) == ("DDM", "LDAE")
     assert loss_row == loss_ldae and torch.equal(f_row, f_ldae)
+
+
+def test_every_table3_row_predicts_the_mean_patch_at_initialisation(registry):
+    """Same centring in every row: at initialisation r4 (latent output, decoded by inverse PCA), r5
+    (inverse-PCA image) and r6 (original image) all predict the PCA mean patch, so no row starts by
+    having to learn a constant the others do not (l-DAE §4.3, Eq. 4 with a centred PCA)."""
+    import torch
+
+    from ssl_bench.components.patches import patchify
+    from ssl_bench.runner import load_dataset
+
+    tiny = [*TINY_BACKBONE, "dataset.limit_train=128"]
+    data = None
+    for row in ("t3_r4_image_input", "t3_r5_image_output", "t3_r6_ldae"):
+        cfg = dc.step_config(dc.select_steps([row])[0], registry, CHAIN, cli={"backbone.name": "vit-nano"}, set_items=tiny)
+        data = data or load_dataset(cfg, registry)
+        model = build_method(cfg, registry, data.info)
+        model.prepare(data.train, torch.Generator().manual_seed(0))
+        images, labels = next(iter(data.train.batches(8)))
+        x = model.augment(images, torch.Generator().manual_seed(0))
+        z0 = model.tokenizer.encode(x)
+        noisy = model.corruption(z0, torch.Generator().manual_seed(1))
+        pred = model.predict_offset(model.network_input(noisy.z_t), noisy, labels, None)  # [8, 16, P]
+        if model.target.output_space == "latent":
+            pred = patchify(model.tokenizer.decode(pred), model.patch_size)  # the image the latent stands for
+        mean = model.tokenizer.mean.expand_as(pred)
+        assert float(mean.abs().max()) > 0.1  # digits' mean patch in [-1, 1] pixels is far from 0
+        torch.testing.assert_close(pred, mean, rtol=0, atol=1e-6, msg=f"{row} does not start at the mean patch")

@@ -174,7 +174,7 @@ class DenoisingMethod(ReconstructionMethod):
         t = torch.as_tensor(t, device=x.device)
         t = (t.expand(x.shape[0]) if t.ndim == 0 else t).long()
         noisy = self.corruption.noise_at(z0, t, randn_like_from(z0, generator))
-        pred = self.predict(self.network_input(noisy.z_t), noisy)
+        pred = self.predict_offset(self.network_input(noisy.z_t), noisy, None, None)
         if self.target.output_space == "image":
             x_hat = unpatchify(pred, self.patch_size, self.channels)
         elif getattr(self.target, "prediction", "x0") == "x0":

@@ -33,6 +33,15 @@ an image-space target on a tokenizer whose token grid is not the network's; ...)
 
 Loss: ``targets.reconstruction_loss``; with a corruption that removes tokens and a target with
 ``masked_only`` (the default), only removed tokens count (MAE).
+
+Centring. A target in raw pixel values (``Target.raw_pixels``: the inverse-tokenizer image, the
+original image, un-normalised pixels) is predicted as the tokenizer's mean patch mu plus the network
+output, a fixed offset; the network regresses x0 - mu. A latent target is centred already (the PCA
+latent is z = V(x - mu), whose mean is 0), and the chain of l-DAE's Table 3 moves from latent to
+pixel outputs: without the offset its image-output rows would regress a far-from-zero constant
+through a zero-initialised head while the latent rows do not, and the chain would compare centring
+rather than the paper's changes. The loss is unchanged by the choice (Eq. 4 measures x0 - pred,
+with pred including mu); at initialisation every row predicts the mean patch.
 """
 
 from __future__ import annotations
@@ -229,6 +238,22 @@ class ReconstructionMethod(Method):
     def features(self, net_input: Tensor) -> Tensor:
         """A clean network input [N, C', H', W'] -> probe features [N, D]."""
 
+    def prediction_offset(self) -> Tensor | None:
+        """[P] added to every token's prediction: the tokenizer's mean patch for raw-pixel targets on
+        a patch-wise tokenizer of the network's patch (see the module docstring), else None."""
+        if not (getattr(self.target, "raw_pixels", False) and self.target.output_space == "image"):
+            return None
+        mean = getattr(self.tokenizer, "mean", None)
+        if not isinstance(mean, Tensor) or mean.numel() != self.output_dim:
+            return None
+        return mean
+
+    def predict_offset(self, net_input: Tensor, corrupted: Corrupted, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
+        """``predict`` plus the fixed ``prediction_offset``: what the loss compares with the target."""
+        pred = self.predict(net_input, corrupted, labels, generator)  # [N, L, P]
+        offset = self.prediction_offset()
+        return pred if offset is None else pred + offset.to(pred.dtype)
+
     def network_input_geometry(self) -> tuple[int, int, int]:
         """(image size, patch size, channels) of what the network reads."""
         if self.input_space == "image":
@@ -327,7 +352,7 @@ class ReconstructionMethod(Method):
             corrupted = self.corruption(z0, generator)
             net_input = self.network_input(corrupted.z_t if corrupted.z_t is not None else z0)
             target, weight = self.target(x, z0, corrupted)  # [N, L, P], broadcastable or None
-        pred = self.predict(net_input, corrupted, labels, generator)  # [N, L, P]
+        pred = self.predict_offset(net_input, corrupted, labels, generator)  # [N, L, P]
         with torch.autocast(device_type=x.device.type, enabled=False):
             mask = corrupted.mask if self.target.masked_only else None
             loss = reconstruction_loss(self.target.to_loss_space(pred.float()), target, weight, mask)
