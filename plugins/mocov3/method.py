@@ -28,6 +28,7 @@ from ssl_bench.components.base import Method, StepOutput
 from ssl_bench.components.heads import build_mlp
 from ssl_bench.components.losses import symmetric_info_nce
 from ssl_bench.components.momentum import MomentumEncoder, momentum_at
+from ssl_bench.data.crops import CropSpec
 from ssl_bench.data.augment import TwoViewAugment
 
 log = logging.getLogger("ssl_bench.mocov3")
@@ -165,7 +166,8 @@ class MoCoV3(Method):
         self._momentum_encoder = MomentumEncoder(self.backbone, self.projector)
         self.momentum_backbone, self.momentum_projector = self._momentum_encoder.modules
 
-        self.two_views = TwoViewAugment.byol(info.image_size, scale=tuple(mcfg.crop_scale))
+        self.crop_scale = tuple(mcfg.crop_scale)
+        self.two_views = TwoViewAugment.byol(info.image_size, scale=self.crop_scale)
         self.view1, self.view2 = self.two_views.view1, self.two_views.view2
 
     # -- parameters ---------------------------------------------------------------------------
@@ -211,6 +213,11 @@ class MoCoV3(Method):
         """
         h = backbone.encode(x)[:, 0]  # [2N, D] cls token after the final norm
         return projector(h[:n]), projector(h[n:])  # [N, P] each
+
+    def train_views(self) -> list[CropSpec]:
+        """Two views, each a RandomResizedCrop of the full image (scale (crop_min, 1), torchvision's
+        bilinear default; facebookresearch/moco-v3 main_moco.py), cut by a folder loader."""
+        return [CropSpec(self.info.image_size, self.crop_scale, interpolation="bilinear")] * 2
 
     def augmentation_only(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The two asymmetric views of a uint8 batch (``[N, C, H, W]``, or ``[N, 2, C, S, S]``

@@ -24,7 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -181,6 +181,17 @@ class Method(nn.Module, ABC):
     #: True when the method's own untrained network (not the plain backbone the runner builds) is the
     #: honest random-init baseline, e.g. a denoising method probed through a t-conditioned DiT.
     own_random_init: ClassVar[bool] = False
+
+    def train_views(self) -> Sequence[Any] | None:
+        """The crops a data loader should cut from each *full* training image (``ssl_bench.data.crops.CropSpec``,
+        one per view), or None for no crop.
+
+        Folder datasets (ImageNet) decode in worker processes and crop each view from the full
+        decoded image, as the papers' RandomResizedCrop does; ``training_step`` then receives
+        ``[N, V, C, S, S]`` uint8 views and skips its own crop. In-memory datasets ignore this and
+        hand over whole images ``[N, C, H, W]`` (the method crops on the device, batched).
+        """
+        return None
 
     def prepare(self, train_split: Any, generator: torch.Generator) -> None:
         """Called once before training (not on resume) with the train split, e.g. to fit PCA bases.

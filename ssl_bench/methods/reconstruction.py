@@ -60,6 +60,7 @@ from ssl_bench.components.base import Corrupted, Method, StepOutput
 from ssl_bench.components.patches import patchify, unpatchify
 from ssl_bench.components.targets import reconstruction_loss
 from ssl_bench.data.augment import normalize, random_horizontal_flip, random_resized_crop, to_float01
+from ssl_bench.data.crops import CropSpec
 from ssl_bench.errors import ConfigError
 from ssl_bench.methods.parts import PART_KINDS, build_part, part_spec, used_options
 from ssl_bench.train.distributed import is_main_rank
@@ -110,6 +111,7 @@ class ReconstructionMethod(Method):
         self.crop_scale = tuple(aug["crop_scale"]) if aug.get("crop_scale") else None
         self.crop_ratio = tuple(aug.get("ratio") or (3 / 4, 4 / 3))
         self.flip_p = float(aug.get("flip_p") or 0.0)
+        self.crop_interpolation = aug.get("interpolation") or "bicubic"  # MAE's; DiT's centre crop also resizes bicubic
 
         # -- the parts, by name from the registry ---------------------------------------------------
         registry = get_registry()
@@ -304,6 +306,14 @@ class ReconstructionMethod(Method):
         if self.flip_p > 0:
             x = random_horizontal_flip(x, self.flip_p, generator)
         return self.normalize01(x)
+
+    def train_views(self) -> list[CropSpec]:
+        """One view: the random resized crop of ``augment`` (MAE: scale (0.2, 1), bicubic) cut from
+        the full image by a folder loader, or without ``crop_scale`` the largest centre square (the
+        DiT / l-DAE centre crop, l-DAE §5 "Data augmentation")."""
+        if self.crop_scale is None:
+            return [CropSpec.center(self.image_size)]
+        return [CropSpec(self.image_size, self.crop_scale, self.crop_ratio, self.crop_interpolation)]
 
     def preprocess_eval(self, images: Tensor) -> Tensor:
         """uint8 [N, C, H, W] -> method pixel space, no augmentation."""

@@ -91,7 +91,7 @@ def _optimizer_steps(
 
 
 def _epoch_batches(
-    train_split: Any, local_batch: int, order_gen: torch.Generator, ctx: DistContext, skip: int
+    train_split: Any, local_batch: int, order_gen: torch.Generator, ctx: DistContext, skip: int, views: Any = None
 ) -> Iterable[tuple[Tensor, Tensor]]:
     """The epoch's micro-batches for this rank, without the first ``skip`` (a mid-epoch resume).
 
@@ -103,11 +103,11 @@ def _epoch_batches(
     """
     kwargs = dict(shuffle=True, generator=order_gen, drop_last=True, rank=ctx.rank, world_size=ctx.world_size)
     if skip == 0:
-        return train_split.batches(local_batch, device=ctx.device, **kwargs)
+        return train_split.batches(local_batch, device=ctx.device, views=views, **kwargs)
     if isinstance(train_split, ImageSplit) and type(train_split).batches is ImageSplit.batches:
         index_batches = epoch_index_batches(len(train_split), local_batch, **kwargs)
-        return train_split._load_views(index_batches[skip:], torch.device(ctx.device), None, order_gen)
-    return itertools.islice(train_split.batches(local_batch, device=ctx.device, **kwargs), skip, None)
+        return train_split._load_views(index_batches[skip:], torch.device(ctx.device), views, order_gen)
+    return itertools.islice(train_split.batches(local_batch, device=ctx.device, views=views, **kwargs), skip, None)
 
 
 class _StopRequest:
@@ -324,7 +324,7 @@ def train(
                     loss_sum = resumed_rank_state["loss_sum"].to(device)
                     epoch_logs.load_state_dict(resumed_rank_state["logs"], device)
                     n_steps, prior_time = skip, resumed_epoch_time
-                batches = _epoch_batches(train_split, local_batch, order_gen, ctx, skip * accum)
+                batches = _epoch_batches(train_split, local_batch, order_gen, ctx, skip * accum, method.train_views())
                 steps = _optimizer_steps(batches, accum, steps_per_epoch - skip)
                 bar = tqdm(steps, total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not ctx.is_main or None, leave=False)
                 stopping = False
