@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ssl_bench.components.base import Tokenizer
 from ssl_bench.components.patches import patchify, unpatchify
+from ssl_bench.progress import progress
 
 PAPER_LATENT_RATIO = 32 / 768  # l-DAE's d = 32 of D = 16*16*3 (Table 2's best patch-PCA d)
 
@@ -68,7 +69,7 @@ def fit_with_adam(
     opt = torch.optim.Adam(module.parameters(), lr=lr)
     history: list[float] = []
     with torch.enable_grad():
-        for _ in range(steps):
+        for _ in progress(range(steps), desc=f"fitting {type(module).__name__}", unit="step"):
             idx = torch.randint(0, data.shape[0], (min(batch_size, data.shape[0]),), generator=generator, device=gen_device)
             loss = loss_fn(data[idx.to(data.device)])
             opt.zero_grad(set_to_none=True)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_bench.eval.base import EvalInputError, EvalResult, check_eval_inputs, top1_accuracy
+from ssl_bench.progress import progress
 
 Backend = Literal["auto", "faiss", "torch", "sklearn"]
 BACKENDS: tuple[str, ...] = ("auto", "faiss", "torch", "sklearn")
@@ -152,7 +153,9 @@ def _auto_chunk(n_train: int, n_test: int, chunk_size: int | None) -> int:
 def _search_torch(train_n: Tensor, test_n: Tensor, kmax: int, chunk: int) -> tuple[Tensor, Tensor]:
     sims, idx = [], []
     train_t = train_n.t()  # [D, N]
-    for start in range(0, test_n.shape[0], chunk):
+    # ImageNet: 50k queries x 1.28M train items is thousands of chunks, minutes on a GPU: show them
+    starts = range(0, test_n.shape[0], chunk)
+    for start in progress(starts, desc="k-NN search", total=len(starts), unit="chunk"):
         s = test_n[start : start + chunk] @ train_t  # [m, N]
         v, i = s.topk(kmax, dim=1, largest=True, sorted=True)  # [m, kmax]
         sims.append(v)

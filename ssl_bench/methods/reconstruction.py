@@ -63,6 +63,7 @@ from ssl_bench.data.augment import normalize, random_horizontal_flip, random_res
 from ssl_bench.data.crops import CropSpec
 from ssl_bench.errors import ConfigError
 from ssl_bench.methods.parts import PART_KINDS, build_part, part_spec, used_options
+from ssl_bench.progress import progress
 from ssl_bench.train.distributed import is_main_rank
 
 log = logging.getLogger("ssl_bench")
@@ -402,6 +403,7 @@ class ReconstructionMethod(Method):
         """A few random patches from many images until the tokenizer's ``num_samples`` are collected."""
         num = int(getattr(self.tokenizer, "num_samples", 100_000))
         out, total = [], 0
+        bar = progress(desc=f"sampling patches for {type(self.tokenizer).__name__}", total=num, unit="patch")
         for x in batches:
             p = patchify(x, self.tokenizer.patch_size)  # [B, L, D]
             k = min(per_image, p.shape[1])
@@ -409,8 +411,10 @@ class ReconstructionMethod(Method):
             order = torch.rand(p.shape[:2], generator=generator, device=gen_device).argsort(dim=1)[:, :k].to(p.device)  # [B, k]
             out.append(torch.gather(p, 1, order.unsqueeze(-1).expand(-1, -1, p.shape[-1])).reshape(-1, p.shape[-1]))
             total += out[-1].shape[0]
+            bar.update(min(out[-1].shape[0], num - bar.n))
             if total >= num:
                 break
+        bar.close()
         return torch.cat(out)[:num]
 
     @staticmethod
