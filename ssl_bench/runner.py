@@ -32,7 +32,7 @@ from ssl_bench.config import config_to_json, flat_keys, load_config
 from ssl_bench.config_schema import validate_config
 from ssl_bench.errors import CheckpointError, ConfigError, SSLBenchError, TrainingInterrupted
 from ssl_bench.eval.base import EvalResult
-from ssl_bench.eval.features import cached_features, pixel_features
+from ssl_bench.eval.features import broadcast_flag, cached_features, pixel_features
 from ssl_bench.methods.parts import build_backbone
 from ssl_bench.provenance import git_commit, package_versions
 from ssl_bench.registry import Registry, get_registry
@@ -164,15 +164,43 @@ def latest_run_dir(out: str | Path, cfg: Any, name: str) -> Path | None:
 
 
 def evaluate_features(
-    feats: dict[str, torch.Tensor], cfg: Any, registry: Registry, num_classes: int, device: torch.device | None = None
+    feats: dict[str, torch.Tensor], cfg: Any, registry: Registry, num_classes: int, device: torch.device | None = None,
+    image_results: dict[str, EvalResult] | None = None,
 ) -> list[tuple[str, EvalResult]]:
-    """Run every configured evaluator on cached features, on `device` (GPU k-NN and probe on CUDA)."""
+    """Run every configured evaluator on cached features, on `device` (GPU k-NN and probe on CUDA),
+    in the configured order; an evaluator that needs images (the augmented linear probe) takes its
+    result from ``image_results`` (:func:`evaluate_on_images`, which needs the model)."""
+    image_results = image_results or {}
     if device is not None and device.type == "cuda":
         feats = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feats.items()}
-    return [
-        (name, evaluator(feats["train"], feats["train_labels"], feats["test"], feats["test_labels"], num_classes))
-        for name, evaluator in build_evaluators(cfg, registry)
-    ]
+    out = []
+    for name, evaluator in build_evaluators(cfg, registry):
+        if getattr(evaluator, "needs_images", False):
+            if name not in image_results:
+                raise ConfigError(
+                    f"eval.{name} trains on augmented images and needs the model, which this caller did not run; "
+                    f"run it with evaluate_on_images, or set eval.{name}.protocol=\"cached\""
+                )
+            out.append((name, image_results[name]))
+        else:
+            out.append((name, evaluator(feats["train"], feats["train_labels"], feats["test"], feats["test_labels"], num_classes)))
+    return out
+
+
+def evaluate_on_images(
+    fn: Any, dataset: Any, feats: dict[str, torch.Tensor] | None, cfg: Any, registry: Registry, device: torch.device,
+    ctx: DistContext | None = None,
+) -> dict[str, EvalResult]:
+    """The evaluators that need the model's feature function ``fn`` and the training images (the
+    augmented linear probe), {name: result}. Under DDP every rank calls this (each encodes its shard);
+    the results, and ``feats`` (the cached features: the test set), exist on the main rank only."""
+    out: dict[str, EvalResult] = {}
+    for name, evaluator in build_evaluators(cfg, registry):
+        if getattr(evaluator, "needs_images", False):
+            res = evaluator.evaluate_images(fn, dataset.train, dataset.info, feats, dataset.info.num_classes, device, ctx)
+            if res is not None:
+                out[name] = res
+    return out
 
 
 def _attach_logfile(run_dir: Path) -> logging.Handler:
@@ -306,11 +334,13 @@ def run_method(
             model.on_resume(dataset.train)
         result: TrainResult = train(model, dataset.train, cfg, run_dir, ctx, resume=bool(resume), resume_state=state)
         del state
+        model.eval()
+        protocol = {"features": model.probe_protocol(), "method": method}
+        # Every rank extracts its shard; rank 0 alone reads / writes the cache and gets the features.
+        feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, ctx.device, protocol, ctx=ctx)
+        image_results = evaluate_on_images(model.probe_features, dataset, feats, cfg, registry, ctx.device, ctx)
         if ctx.is_main:
-            model.eval()
-            protocol = {"features": model.probe_protocol(), "method": method}
-            feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, ctx.device, protocol)
-            results = evaluate_features(feats, cfg, registry, info.num_classes, ctx.device)
+            results = evaluate_features(feats, cfg, registry, info.num_classes, ctx.device, image_results)
             results += model.extra_evaluations(dataset, ctx.device)
             metrics = _flat(results)
             recorded = _with_features(results, protocol["features"])
@@ -365,8 +395,8 @@ def _stored_baseline(store: ResultsStore, name: str, identity: str) -> int | Non
 
 
 def run_baseline(
-    name: str, cfg: Any, store: ResultsStore, dataset: Any, device: torch.device, registry: Registry | None = None,
-    method: str | None = None,
+    name: str, cfg: Any, store: ResultsStore | None, dataset: Any, device: torch.device, registry: Registry | None = None,
+    method: str | None = None, ctx: DistContext | None = None,
 ) -> RunOutcome:
     """`pixels` (raw normalised pixels) or `random-init`, scored by the same evaluators.
 
@@ -376,8 +406,13 @@ def run_baseline(
     tokenizer fitted) but never trained, probed the same way, recorded as ``random-init:<method>``.
     A finished baseline with the same identity (dataset, backbone, evaluation, seed, and method
     config) is reused, not run again.
+
+    ``ctx``: None (one process, the usual call) or, under torchrun, every rank's context: then every
+    rank must call it, each extracts its shard of the features (and of the augmented probe's
+    batches), and only the main rank touches ``store`` (None elsewhere) and returns the metrics.
     """
     registry = registry or get_registry()
+    main = ctx is None or ctx.is_main
     if name not in BASELINES:
         raise ConfigError(f"unknown baseline '{name}'; baselines are {', '.join(BASELINES)}")
     own = None
@@ -385,7 +420,9 @@ def run_baseline(
         own = method
     label = f"random-init:{own}" if own else name
     identity = _baseline_identity(cfg, label, own)
-    existing = _stored_baseline(store, label, identity)
+    existing = _stored_baseline(store, label, identity) if main else None
+    if broadcast_flag(existing is not None, ctx) and not main:
+        return RunOutcome(label, Path("."), None, {})
     if existing is not None:
         from ssl_bench.results.leaderboard import metrics_by_run
 
@@ -408,22 +445,29 @@ def run_baseline(
         model.eval()
         fn = model.probe_features
         feature = {"feature": f"untrained {own} network (seed {cfg.seed}, tokenizer fitted, no gradient step)", "probe": model.probe_protocol()}
-    run_dir.mkdir(parents=True, exist_ok=False)
-    run_id = store.add_run(RunRecord(
-        method=label, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(run_dir),
-        config_json=config_to_json(cfg), seed=cfg.seed, git_commit=git_commit(), versions_json=package_versions(),
-        epochs=0, device=str(device), is_baseline=True,
-    ))
+    run_id = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=False)
+        run_id = store.add_run(RunRecord(
+            method=label, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(run_dir),
+            config_json=config_to_json(cfg), seed=cfg.seed, git_commit=git_commit(), versions_json=package_versions(),
+            epochs=0, device=str(device), is_baseline=True,
+        ))
+    fn = torch.no_grad()(fn)
     try:
-        feats = cached_features(run_dir, torch.no_grad()(fn), dataset, cfg.eval.batch_size, device, feature)
-        results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device)
+        feats = cached_features(run_dir, fn, dataset, cfg.eval.batch_size, device, feature, ctx=ctx, label=label)
+        image_results = evaluate_on_images(fn, dataset, feats, cfg, registry, device, ctx)
+        if not main:
+            return RunOutcome(label, run_dir, None, {})
+        results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device, image_results)
         store.finish_run(run_id, _with_features(results, feature["feature"]), wall_time_s=time.perf_counter() - t0)
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        try:
-            store.update_run(run_id, status=status, finished_at=utc_now())
-        except SSLBenchError:
-            pass
+        if run_id is not None:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            try:
+                store.update_run(run_id, status=status, finished_at=utc_now())
+            except SSLBenchError:
+                pass
         raise
     metrics = _flat(results)
     log.info("%s: %s", label, _summary(metrics))
@@ -452,15 +496,25 @@ def load_trained_method(run_dir: str | Path, registry: Registry | None = None) -
     return cfg, dataset, model
 
 
-def evaluate_run(run_dir: str | Path, store: ResultsStore, device: torch.device, recompute: bool = False, registry: Registry | None = None) -> RunOutcome:
-    """`ssl-bench eval RUN_DIR`: rebuild the method from its saved config, load the checkpoint, re-score."""
+def evaluate_run(
+    run_dir: str | Path, store: ResultsStore | None, device: torch.device, recompute: bool = False, registry: Registry | None = None,
+    ctx: DistContext | None = None,
+) -> RunOutcome:
+    """`ssl-bench eval RUN_DIR`: rebuild the method from its saved config, load the checkpoint, re-score.
+
+    ``ctx``: None (one process) or, under torchrun, every rank's context (every rank calls; each
+    extracts its shard; only the main rank touches ``store`` and returns the metrics).
+    """
     registry = registry or get_registry()
     run_dir = Path(run_dir)
     cfg, dataset, model = load_trained_method(run_dir, registry)
     model.to(device).eval()
     protocol = {"features": model.probe_protocol(), "method": cfg.method.name}
-    feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, device, protocol, recompute=recompute)
-    results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device)
+    feats = cached_features(run_dir, model.probe_features, dataset, cfg.eval.batch_size, device, protocol, recompute=recompute, ctx=ctx)
+    image_results = evaluate_on_images(model.probe_features, dataset, feats, cfg, registry, device, ctx)
+    if ctx is not None and not ctx.is_main:
+        return RunOutcome(cfg.method.name, run_dir, None, {})
+    results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device, image_results)
     results += model.extra_evaluations(dataset, device)
     recorded = _with_features(results, protocol["features"])
     run_id = store.find_run(str(run_dir))

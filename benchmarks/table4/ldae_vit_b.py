@@ -25,7 +25,7 @@ train = dict(
 
 # MAE's probe (the paper "follows MAE"): BN(affine=False) + Linear, LARS blr 0.1, batch 16384, 90 ep,
 # 10 warm-up. The l-DAE text prints lr 6.4e-3 (= 1e-4 x 16384 / 256); MAE's code uses 6.4 (UNVERIFIED pairing).
-eval = dict(linear=dict(optimizer="lars", blr=0.1, batch_size=16384, epochs=90, warmup_epochs=10))
+eval = dict(linear=dict(protocol="augmented", optimizer="lars", blr=0.1, batch_size=16384, epochs=90, warmup_epochs=10))
 
 # Table 4 uses random crops (paper section 5); the crop scale is UNVERIFIED, MAE's (0.2, 1) is used.
 method = dict(augment=dict(crop_scale=(0.2, 1.0), flip_p=0.5))

@@ -23,5 +23,6 @@ train = dict(
     amp="auto",
 )
 
-# MAE's linear probe: BN(affine=False) + Linear, LARS, blr 0.1 -> lr 6.4 at batch 16384, 90 ep, 10 warm-up.
-eval = dict(linear=dict(optimizer="lars", blr=0.1, batch_size=16384, epochs=90, warmup_epochs=10))
+# MAE's linear probe (main_linprobe.py): features of RandomResizedCrop + flip views encoded every epoch
+# ("augmented"), BN(affine=False) + Linear, LARS, blr 0.1 -> lr 6.4 at batch 16384, 90 ep, 10 warm-up.
+eval = dict(linear=dict(protocol="augmented", optimizer="lars", blr=0.1, batch_size=16384, epochs=90, warmup_epochs=10))

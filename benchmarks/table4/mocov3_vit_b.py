@@ -32,4 +32,4 @@ train = dict(
 
 # The shared Table-4 probe (MAE's): BN(affine=False) + Linear, LARS, blr 0.1 -> lr 6.4, batch 16384,
 # 90 epochs, 10 warm-up. MoCo v3's own probe (SGD lr 12, batch 1024, no BN, 90 ep) produced the 76.7.
-eval = dict(linear=dict(optimizer="lars", blr=0.1, batch_size=16384, epochs=90, warmup_epochs=10))
+eval = dict(linear=dict(protocol="augmented", optimizer="lars", blr=0.1, batch_size=16384, epochs=90, warmup_epochs=10))

@@ -1,4 +1,4 @@
-"""Linear probe on frozen, cached features, following the MAE protocol (He et al. 2022).
+"""Linear probe on a frozen encoder, following the MAE protocol (He et al. 2022, App. A.1 "Linear probing").
 
 MAE ``main_linprobe.py`` trains ``BatchNorm1d(D, affine=False, eps=1e-6) -> Linear(D, C)`` on top
 of the frozen encoder. The parameter-free BN only standardises the features, so features from
@@ -9,8 +9,17 @@ lr = blr x batch / 256 with blr 0.1, per-iteration linear warm-up (10 epochs) th
 90 epochs, Linear weight ~ trunc_normal(std=0.01), bias 0. We report the accuracy after the last
 epoch (not the best epoch, which would be selection on the test set).
 
-Because the backbone is frozen, we train on cached features instead of images: augmentation-free
-exactly like MAE's linear probe, and thousands of times cheaper.
+Two data protocols (``protocol``, recorded in every result):
+
+* ``"cached"`` (default): the head trains on cached features of the un-augmented eval transform.
+  The backbone is frozen, so this is thousands of times cheaper than re-encoding images every
+  epoch, and on small data sets it is what the probe budget allows.
+* ``"augmented"``: MAE's own data (``main_linprobe.py``: ``RandomResizedCrop(224,
+  interpolation=3)`` + ``RandomHorizontalFlip``), the frozen encoder's features of fresh crops every
+  epoch, tested on the cached centre-crop features. It needs the model, so it is not a
+  features-in evaluator: :meth:`LinearProbeEvaluator.evaluate_images` runs
+  ``ssl_bench.eval.augmented_probe.augmented_linear_probe``, and the runner calls it when
+  ``needs_images`` is True.
 
 Optimiser note: ``timm.optim.Lars`` with two param groups reproduces MAE's LARS exactly when
 weight decay is 0 (the MAE default): the ndim > 1 group uses ``always_adapt=True``, the ndim <= 1
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
 import torch.nn as nn
@@ -32,8 +41,14 @@ from timm.scheduler import CosineLRScheduler
 from torch import Tensor
 
 from ssl_bench.eval.base import EvalInputError, EvalResult, check_eval_inputs, top1_accuracy
+from ssl_bench.progress import progress
+
+if TYPE_CHECKING:
+    from ssl_bench.train.distributed import DistContext
 
 OptimizerName = Literal["lars", "sgd", "adamw"]
+DataProtocol = Literal["cached", "augmented"]
+DATA_PROTOCOLS: tuple[str, ...] = ("cached", "augmented")
 
 # Base lr (per 256 samples) when the protocol leaves ``blr=None``. LARS/SGD follow MAE; AdamW needs
 # a much smaller step, and 0.1 x batch / 256 would diverge.
@@ -64,8 +79,25 @@ class LinearProbeProtocol:
     drop_last: bool = True  # as MAE's train loader; also keeps BN off size-1 batches
     report_train_acc: bool = True
     eval_batch_size: int = 8192  # inference chunk, bounds memory only
+    protocol: DataProtocol = "cached"  # what the head trains on (module docstring)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # augmented: RandomResizedCrop's default (MAE's probe)
+    flip_p: float = 0.5  # augmented: RandomHorizontalFlip
 
     def __post_init__(self) -> None:
+        if self.protocol not in DATA_PROTOCOLS:
+            raise EvalInputError(
+                f"unknown linear-probe protocol {self.protocol!r}; choose one of {list(DATA_PROTOCOLS)}"
+            )
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)  # JSON/YAML round-trips give lists
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise EvalInputError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale!r}")
+        if not 0 <= self.flip_p <= 1:
+            raise EvalInputError(f"flip_p must be in [0, 1], got {self.flip_p!r}")
+        if self.protocol == "augmented" and not self.drop_last:
+            raise EvalInputError(
+                "the augmented linear probe always drops the last partial batch (MAE's train loader); "
+                "remove drop_last=False or use protocol='cached'"
+            )
         if self.optimizer not in DEFAULT_BLR:
             raise EvalInputError(
                 f"unknown optimizer {self.optimizer!r}; choose one of {sorted(DEFAULT_BLR)}"
@@ -155,18 +187,96 @@ def _predict(head: nn.Module, feats: Tensor, batch: int) -> Tensor:
     return torch.cat([head(feats[i : i + batch]).argmax(dim=1) for i in range(0, len(feats), batch)])
 
 
+def schedule_steps(p: LinearProbeProtocol, steps_per_epoch: int) -> tuple[int, int]:
+    """(total_steps, warmup_steps) of the per-iteration schedule for ``steps_per_epoch``."""
+    return p.epochs * steps_per_epoch, round(p.warmup_epochs * steps_per_epoch)
+
+
+def resolved_lr(p: LinearProbeProtocol, batch: int) -> float:
+    """The given ``lr``, else the scaling rule on the batch actually used."""
+    return p.lr if p.lr is not None else scaled_lr(p.resolved_blr, batch)
+
+
+def check_final_loss(loss: float, lr: float, p: LinearProbeProtocol) -> None:
+    """A diverged head must not be reported as an accuracy."""
+    if not math.isfinite(loss):
+        raise EvalInputError(
+            f"linear probe diverged (final loss {loss}); lower blr/lr "
+            f"(got lr={lr:g} with optimizer={p.optimizer})"
+        )
+
+
+def probe_record(
+    p: LinearProbeProtocol, *, evaluator: str, seed: int, n: int, dim: int, n_test: int, num_classes: int,
+    batch: int, lr: float, steps_per_epoch: int, warmup_steps: int, total_steps: int, device: torch.device,
+) -> dict[str, Any]:
+    """The protocol record of either data protocol (the keys the leaderboard reads: ``protocol``,
+    ``optimizer``, ``batch_size`` (the batch actually used), ``epochs``)."""
+    rec = asdict(p)
+    rec["betas"] = list(p.betas)
+    rec["crop_scale"] = list(p.crop_scale)
+    rec.update({
+        "evaluator": evaluator,
+        "reference": "facebookresearch/mae main_linprobe.py (He et al. 2022)",
+        "head": f"BatchNorm1d(affine=False, eps={p.bn_eps}) -> Linear({dim}, {num_classes})",
+        "init": f"weight trunc_normal(std={p.init_std}), bias 0",
+        "normalisation": "batchnorm (no affine)",
+        "blr": p.resolved_blr,
+        "lr": lr,
+        "lr_rule": "given" if p.lr is not None else "blr * batch_size / 256",
+        "batch_size_requested": p.batch_size,
+        "batch_size": batch,
+        "steps_per_epoch": steps_per_epoch,
+        "warmup_steps": warmup_steps,
+        "total_steps": total_steps,
+        "schedule": "per-iteration linear warm-up from 0, then cosine to min_lr "
+                    "(timm CosineLRScheduler)",
+        "weight_decay_on": "params with ndim > 1 only",
+        "seed": seed,
+        "device": device.type,
+        "n_train": n,
+        "n_test": n_test,
+        "dim": dim,
+        "num_classes": int(num_classes),
+        "reported": "final epoch (not best)",
+        "metric_unit": "fraction",
+    })
+    if p.protocol == "cached":
+        rec.pop("crop_scale")
+        rec.pop("flip_p")
+        rec["train_data"] = "cached features of the eval transform (no augmentation)"
+    if p.optimizer == "lars":
+        rec["optimizer_impl"] = "timm.optim.Lars"
+        rec["lars_excluded"] = "params with ndim <= 1 (no weight decay, no trust ratio)"
+        rec["lars_matches_mae"] = p.weight_decay == 0
+    else:
+        rec.pop("trust_coefficient")
+        rec["optimizer_impl"] = {"sgd": "torch.optim.SGD", "adamw": "torch.optim.AdamW"}[p.optimizer]
+    if p.optimizer == "adamw":
+        rec.pop("momentum")
+    else:
+        rec.pop("betas")
+    return rec
+
+
 class LinearProbeEvaluator:
-    """MAE linear probe on cached features. Metrics: ``linear_top1`` (final epoch, test),
-    ``linear_train_top1`` (final epoch, train set in eval mode) and ``linear_final_loss``.
+    """MAE linear probe. Metrics: ``linear_top1`` (final epoch, test), ``linear_train_top1`` (final
+    epoch, train set in eval mode) and ``linear_final_loss``.
 
     Deterministic given ``seed``: the head init and the per-epoch shuffles draw from a private
     CPU ``torch.Generator``, never from the global RNG. Runs on the features' device.
     The trained head of the last call is kept as ``self.last_head`` for inspection.
+
+    With ``protocol="augmented"`` it needs images (``needs_images``): call :meth:`evaluate_images`;
+    calling it on features is refused.
     """
 
     name = "linear"
 
-    def __init__(self, protocol: LinearProbeProtocol | None = None, seed: int = 0, **overrides: Any):
+    def __init__(self, protocol: LinearProbeProtocol | str | None = None, seed: int = 0, **overrides: Any):
+        if isinstance(protocol, str):  # the config key eval.linear.protocol="cached"|"augmented" arrives by name
+            overrides["protocol"] = protocol
+            protocol = None
         if protocol is None:
             protocol = LinearProbeProtocol(**overrides)
         elif overrides:
@@ -174,6 +284,31 @@ class LinearProbeEvaluator:
         self.protocol = protocol
         self.seed = seed
         self.last_head: nn.Sequential | None = None
+
+    @property
+    def needs_images(self) -> bool:
+        """True when the head trains on augmented images (the runner then calls ``evaluate_images``)."""
+        return self.protocol.protocol == "augmented"
+
+    def evaluate_images(
+        self, feature_fn: Callable[[Tensor], Tensor], train_split: Any, info: Any, feats: dict[str, Tensor] | None,
+        num_classes: int, device: torch.device, ctx: DistContext | None = None,
+    ) -> EvalResult | None:
+        """The augmented probe (every rank calls it under DDP; rank 0 gets the result, the others None).
+
+        ``feats`` is the cached-features dict (``test`` / ``test_labels`` are the test set, ``train`` /
+        ``train_labels`` give the train accuracy); None on ranks other than 0.
+        """
+        from ssl_bench.eval.augmented_probe import augmented_linear_probe  # it imports this module
+
+        return augmented_linear_probe(
+            feature_fn, train_split, info,
+            None if feats is None else feats["test"], None if feats is None else feats["test_labels"],
+            num_classes, self.protocol, seed=self.seed, device=device, ctx=ctx,
+            train_feats=None if feats is None else feats.get("train"),
+            train_labels=None if feats is None else feats.get("train_labels"),
+            evaluator=self,
+        )
 
     def __call__(
         self,
@@ -184,6 +319,11 @@ class LinearProbeEvaluator:
         num_classes: int,
     ) -> EvalResult:
         p = self.protocol
+        if self.needs_images:
+            raise EvalInputError(
+                "linear probe protocol 'augmented' trains on augmented images, not on features; run it with "
+                "LinearProbeEvaluator.evaluate_images (the runner does), or use protocol='cached'"
+            )
         check_eval_inputs(train_feats, train_labels, test_feats, test_labels, num_classes)
         n, dim = train_feats.shape
         if n < 2:
@@ -207,16 +347,15 @@ class LinearProbeEvaluator:
             steps_per_epoch = n // batch
         else:  # a trailing batch of 1 would break BN in train mode: fold it away
             steps_per_epoch = math.ceil(n / batch) - (1 if n % batch == 1 else 0)
-        total_steps = p.epochs * steps_per_epoch
-        warmup_steps = round(p.warmup_epochs * steps_per_epoch)
-        lr = p.lr if p.lr is not None else scaled_lr(p.resolved_blr, batch)
+        total_steps, warmup_steps = schedule_steps(p, steps_per_epoch)
+        lr = resolved_lr(p, batch)
 
         optimizer = build_optimizer(head, p, lr)
         scheduler = build_lr_scheduler(optimizer, total_steps, warmup_steps, p.min_lr)
 
         step = 0
         loss = torch.zeros((), device=device)
-        for _ in range(p.epochs):
+        for _ in progress(range(p.epochs), desc="linear probe", unit="epoch"):
             head.train()
             perm = torch.randperm(n, generator=gen).to(device)  # [N]
             for i in range(steps_per_epoch):
@@ -228,11 +367,7 @@ class LinearProbeEvaluator:
                 optimizer.step()
                 step += 1
         final_loss = float(loss.item())
-        if not math.isfinite(final_loss):
-            raise EvalInputError(
-                f"linear probe diverged (final loss {final_loss}); lower blr/lr "
-                f"(got lr={lr:g} with optimizer={p.optimizer})"
-            )
+        check_final_loss(final_loss, lr, p)
 
         metrics = {
             "linear_top1": top1_accuracy(_predict(head, x_test, p.eval_batch_size), y_test),
@@ -243,50 +378,8 @@ class LinearProbeEvaluator:
                 _predict(head, x_train, p.eval_batch_size), y_train
             )
         self.last_head = head
-        return EvalResult(metrics=metrics, protocol=self._record(p, n, dim, test_feats, num_classes,
-                                                                  batch, lr, steps_per_epoch,
-                                                                  warmup_steps, total_steps, device))
-
-    def _record(self, p: LinearProbeProtocol, n: int, dim: int, test_feats: Tensor,
-                num_classes: int, batch: int, lr: float, steps_per_epoch: int, warmup_steps: int,
-                total_steps: int, device: torch.device) -> dict[str, Any]:
-        rec = asdict(p)
-        rec["betas"] = list(p.betas)
-        rec.update({
-            "evaluator": self.name,
-            "reference": "MAE main_linprobe.py (He et al. 2022)",
-            "head": f"BatchNorm1d(affine=False, eps={p.bn_eps}) -> Linear({dim}, {num_classes})",
-            "init": f"weight trunc_normal(std={p.init_std}), bias 0",
-            "normalisation": "batchnorm (no affine)",
-            "blr": p.resolved_blr,
-            "lr": lr,
-            "lr_rule": "given" if p.lr is not None else "blr * batch_size / 256",
-            "batch_size_requested": p.batch_size,
-            "batch_size": batch,
-            "steps_per_epoch": steps_per_epoch,
-            "warmup_steps": warmup_steps,
-            "total_steps": total_steps,
-            "schedule": "per-iteration linear warm-up from 0, then cosine to min_lr "
-                        "(timm CosineLRScheduler)",
-            "weight_decay_on": "params with ndim > 1 only",
-            "seed": self.seed,
-            "device": device.type,
-            "n_train": n,
-            "n_test": int(test_feats.shape[0]),
-            "dim": dim,
-            "num_classes": int(num_classes),
-            "reported": "final epoch (not best)",
-            "metric_unit": "fraction",
-        })
-        if p.optimizer == "lars":
-            rec["optimizer_impl"] = "timm.optim.Lars"
-            rec["lars_excluded"] = "params with ndim <= 1 (no weight decay, no trust ratio)"
-            rec["lars_matches_mae"] = p.weight_decay == 0
-        else:
-            rec.pop("trust_coefficient")
-            rec["optimizer_impl"] = {"sgd": "torch.optim.SGD", "adamw": "torch.optim.AdamW"}[p.optimizer]
-        if p.optimizer == "adamw":
-            rec.pop("momentum")
-        else:
-            rec.pop("betas")
-        return rec
+        return EvalResult(metrics=metrics, protocol=probe_record(
+            p, evaluator=self.name, seed=self.seed, n=n, dim=dim, n_test=int(test_feats.shape[0]),
+            num_classes=num_classes, batch=batch, lr=lr, steps_per_epoch=steps_per_epoch,
+            warmup_steps=warmup_steps, total_steps=total_steps, device=device,
+        ))

@@ -1,0 +1,134 @@
+"""Feature extraction and the augmented probe under DDP: two gloo processes on CPU give exactly what
+one process gives (same rows, same order, no padding duplicates), and the features cache is decided
+by rank 0 alone without leaving the other rank behind in a collective."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor
+
+from ssl_bench.data.datasets import load_digits
+from ssl_bench.eval.augmented_probe import augmented_linear_probe
+from ssl_bench.eval.features import cached_features, extract_features
+from ssl_bench.eval.linear_probe import LinearProbeProtocol
+
+WORLD = 2
+N_TRAIN, N_TEST = 101, 37  # odd: rank 1's shard is padded with a wrapped-around sample
+BATCH = 16  # 51 per rank -> batches of 16, 16, 16, 3: a ragged last batch
+CPU = torch.device("cpu")
+PROTOCOL = {"features": "rowwise", "n": N_TRAIN}
+AUG = LinearProbeProtocol(protocol="augmented", epochs=3, warmup_epochs=1, batch_size=20, optimizer="sgd", blr=0.5)
+
+
+def _dataset() -> Any:
+    ds = load_digits(None)
+    ds.train = ds.train.subset(torch.arange(N_TRAIN) * 7)  # a spread of classes, not the first N
+    ds.test = ds.test.subset(torch.arange(N_TEST))
+    return ds
+
+
+def rowwise_features(x: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, D] with every row a function of its own image only (elementwise ops):
+    a matmul's rounding can depend on the batch size, and this test is about the order of rows,
+    not about BLAS. The MLP check below covers a real network up to rounding."""
+    flat = x.flatten(1)  # [B, C*H*W]
+    return torch.cat([flat, torch.tanh(3 * flat[:, :8]), flat.pow(2).mean(dim=1, keepdim=True)], dim=1)
+
+
+def _mlp() -> torch.nn.Module:
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(64, 16)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(16, 64, generator=g) / 8)
+        lin.bias.zero_()
+    return torch.nn.Sequential(torch.nn.Flatten(), lin, torch.nn.GELU()).eval()
+
+
+class _Counting:
+    """A feature function that counts its calls (a cache hit must call it on no rank)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return rowwise_features(x)
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    from ssl_bench.train.distributed import DistContext
+
+    # a timeout, so a rank left waiting in a collective fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=120))
+    try:
+        ctx = DistContext(rank, WORLD, 0, CPU)
+        ds = _dataset()
+        out: dict[str, Any] = {}
+        out["train"] = extract_features(rowwise_features, ds.train, ds.info, BATCH, CPU, ctx)
+        out["test"] = extract_features(rowwise_features, ds.test, ds.info, BATCH, CPU, ctx)
+        with torch.no_grad():
+            out["mlp"] = extract_features(_mlp(), ds.train, ds.info, BATCH, CPU, ctx)
+
+        run_dir = Path(out_dir)  # rank 0 alone reads and writes the cache here
+        miss, hit, again = _Counting(), _Counting(), _Counting()
+        out["miss"] = cached_features(run_dir, miss, ds, BATCH, CPU, PROTOCOL, ctx=ctx)
+        out["hit"] = cached_features(run_dir, hit, ds, BATCH, CPU, PROTOCOL, ctx=ctx)
+        out["recompute"] = cached_features(run_dir, again, ds, BATCH, CPU, PROTOCOL, recompute=True, ctx=ctx)
+        out["calls"] = (miss.calls, hit.calls, again.calls)
+
+        feats = out["hit"]
+        res = augmented_linear_probe(
+            rowwise_features, ds.train, ds.info, None if feats is None else feats["test"],
+            None if feats is None else feats["test_labels"], ds.info.num_classes, AUG, seed=3, device=CPU, ctx=ctx,
+        )
+        out["aug"] = None if res is None else (res.metrics, res.protocol)
+        torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_extraction_and_augmented_probe_equal_one_process(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(str(tmp_path / "pg_init"), str(tmp_path)), nprocs=WORLD, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
+    ds = _dataset()
+
+    # gathered features == one process, row for row, and the padding sample is not duplicated
+    for split, name in ((ds.train, "train"), (ds.test, "test")):
+        want_f, want_y = extract_features(rowwise_features, split, ds.info, BATCH, CPU)
+        got_f, got_y = r0[name]
+        assert got_f.shape == (len(split), want_f.shape[1])
+        assert torch.equal(got_f, want_f) and torch.equal(got_y, want_y)
+        assert torch.equal(got_y, split.labels)  # the dataset's own order
+        assert r1[name] is None  # only rank 0 holds the features
+    with torch.no_grad():
+        want_mlp, _ = extract_features(_mlp(), ds.train, ds.info, BATCH, CPU)
+    torch.testing.assert_close(r0["mlp"][0], want_mlp, rtol=1e-5, atol=1e-6)  # a real network: up to rounding
+
+    # cache: extracted on the miss, read by rank 0 alone on the hit (no rank called the model), recomputed on request
+    assert r0["calls"][1] == 0 and r1["calls"][1] == 0
+    assert r0["calls"][0] > 0 and r1["calls"][0] > 0 and r0["calls"][2] > 0 and r1["calls"][2] > 0
+    for key in ("miss", "hit", "recompute"):
+        assert r1[key] is None
+        assert torch.equal(r0[key]["train"], r0["train"][0]) and torch.equal(r0[key]["test_labels"], r0["test"][1])
+    assert (tmp_path / "features.pt").is_file()
+
+    # the augmented probe: rank 0 trains on the gathered shards exactly what one process trains on
+    single = augmented_linear_probe(
+        rowwise_features, ds.train, ds.info, r0["test"][0], r0["test"][1], ds.info.num_classes, AUG, seed=3, device=CPU,
+    )
+    metrics, proto = r0["aug"]
+    assert r1["aug"] is None
+    assert metrics == single.metrics
+    assert proto["world_size"] == 2 and single.protocol["world_size"] == 1
+    assert proto["batch_size"] == single.protocol["batch_size"] == 20 and proto["steps_per_epoch"] == N_TRAIN // 20
