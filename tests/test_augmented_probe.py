@@ -194,3 +194,44 @@ def test_runs_on_cuda(digits) -> None:
     # same crops (CPU generators) and the same head init: the CPU probe lands close by
     cpu = _probe(digits, (torch.no_grad()(_tiny_model()), test_f.cpu(), test_y.cpu()))
     assert abs(res.metrics["linear_top1"] - cpu.metrics["linear_top1"]) < 0.05
+
+
+def _imagefolder(root: Path, n_per_class: int = 8, classes: int = 2) -> Path:
+    """JPEGs of different sizes in the ImageNet layout (the folder path crops in the loader)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n_per_class):
+                w, h = int(rng.integers(40, 64)), int(rng.integers(30, 50))
+                pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8) // (c + 1)  # classes differ in brightness
+                Image.fromarray(pixels).save(d / f"{i}.jpg", quality=90)
+    return root
+
+
+def test_folder_split_crops_in_the_loader_from_the_full_image(tmp_path) -> None:
+    from ssl_bench.data.datasets import load_imagefolder
+
+    ds = load_imagefolder(str(_imagefolder(tmp_path / "data")), image_size=32, num_workers=0)
+    seen: list[Tensor] = []
+
+    def fn(x: Tensor) -> Tensor:  # [B, 3, 32, 32] -> [B, 4]: mean and std per image, plus two fixed pixels
+        seen.append(x)
+        return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3)), x[:, 0, 0, 0], x[:, 1, 16, 16]], dim=1)
+
+    test_f, test_y = extract_features(fn, ds.test, ds.info, 8, CPU)
+    eval_train, _ = extract_features(fn, ds.train, ds.info, 16, CPU)
+    seen.clear()
+    p = LinearProbeProtocol(protocol="augmented", epochs=2, warmup_epochs=1, batch_size=8, optimizer="sgd")
+    a = augmented_linear_probe(fn, ds.train, ds.info, test_f, test_y, 2, p, seed=1)
+    assert all(x.shape[1:] == (3, 32, 32) for x in seen) and sum(len(x) for x in seen) == 2 * 16
+    assert "in the loader, bicubic" in a.protocol["crop_impl"] and a.protocol["protocol"] == "augmented"
+    # the views are crops, not the eval decode
+    first_epoch = torch.cat(seen[:2])[:, 0, 0, 0]  # 16 views, one of each training image
+    assert not torch.allclose(first_epoch.sort().values, eval_train[:, 2].sort().values)
+    b = augmented_linear_probe(fn, ds.train, ds.info, test_f, test_y, 2, p, seed=1)
+    assert a.metrics == b.metrics  # the crops come from the seed, not from the loader's timing

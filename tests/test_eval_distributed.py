@@ -62,7 +62,32 @@ class _Counting:
         return rowwise_features(x)
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
+def _folder(root: str) -> Any:
+    from ssl_bench.data.datasets import load_imagefolder
+
+    return load_imagefolder(root, image_size=16, num_workers=0)
+
+
+def _make_folder(root: Path, n_per_class: int = 7) -> Path:
+    """JPEGs of varied sizes, 2 classes x 7: 14 train images (crops are cut in the loader)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(2):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n_per_class):
+                w, h = int(rng.integers(20, 40)), int(rng.integers(16, 30))
+                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8) // (c + 1)).save(d / f"{i}.jpg")
+    return root
+
+
+FOLDER_AUG = LinearProbeProtocol(protocol="augmented", epochs=2, warmup_epochs=1, batch_size=6, optimizer="sgd")
+
+
+def _worker(rank: int, init_file: str, out_dir: str, folder_root: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     from ssl_bench.train.distributed import DistContext
@@ -92,13 +117,22 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             None if feats is None else feats["test_labels"], ds.info.num_classes, AUG, seed=3, device=CPU, ctx=ctx,
         )
         out["aug"] = None if res is None else (res.metrics, res.protocol)
+
+        folder = _folder(folder_root)  # crops cut from the full image in the loader (the ImageNet path)
+        test_f = extract_features(rowwise_features, folder.test, folder.info, 8, CPU, ctx)
+        res = augmented_linear_probe(
+            rowwise_features, folder.train, folder.info, None if test_f is None else test_f[0],
+            None if test_f is None else test_f[1], 2, FOLDER_AUG, seed=0, device=CPU, ctx=ctx,
+        )
+        out["folder_aug"] = None if res is None else res.metrics
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_two_process_extraction_and_augmented_probe_equal_one_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(str(tmp_path / "pg_init"), str(tmp_path)), nprocs=WORLD, join=True)
+    folder_root = str(_make_folder(tmp_path / "folder"))
+    mp.spawn(_worker, args=(str(tmp_path / "pg_init"), str(tmp_path), folder_root), nprocs=WORLD, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     ds = _dataset()
@@ -132,3 +166,9 @@ def test_two_process_extraction_and_augmented_probe_equal_one_process(tmp_path: 
     assert metrics == single.metrics
     assert proto["world_size"] == 2 and single.protocol["world_size"] == 1
     assert proto["batch_size"] == single.protocol["batch_size"] == 20 and proto["steps_per_epoch"] == N_TRAIN // 20
+
+    # the same on a folder split, whose crops come from the sample index and the shared epoch seed
+    folder = _folder(folder_root)
+    test_f, test_y = extract_features(rowwise_features, folder.test, folder.info, 8, CPU)
+    single = augmented_linear_probe(rowwise_features, folder.train, folder.info, test_f, test_y, 2, FOLDER_AUG, seed=0)
+    assert r0["folder_aug"] == single.metrics and r1["folder_aug"] is None
