@@ -384,6 +384,7 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
         att = "no: " + ", ".join(missed) + " not counted" if missed else "yes (" + ", ".join(sdpa_seen) + ")"
     else:
         att = "yes (as bmm)" if any("bmm" in c for c in counted) else "no attention op seen"
+    probe = _probe_rates(model, spec, size, dev, g, sync)
     peak, _ = peak_tflops(spec.get("device_name", ""), spec.get("peak_tflops"))
     achieved = flops / step_s / 1e12
     return {
@@ -394,9 +395,39 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
         "img_s": batch / step_s, "step_ms": 1000 * step_s, "peak_gib": peak_gib,
         "gflop_step": flops / 1e9, "gflop_img": flops / 1e9 / batch, "tflops": achieved,
         "mfu_pct": 100 * achieved / peak if peak else None,
-        "attention_counted": att, "steps": f"{spec['warmup']}+{steps}",
+        "attention_counted": att, "steps": f"{spec['warmup']}+{steps}", **probe,
         "optimizer": f"{type(optimizer).__name__} betas={tuple(cfg.train.betas)} wd={cfg.train.weight_decay}",
     }
+
+
+def _probe_rates(model: Any, spec: dict[str, Any], size: int, dev: Any, g: Any, sync: Callable[[], None]) -> dict[str, Any]:
+    """Images/s of ``model.probe_features`` (the frozen encoder the feature extraction and the
+    augmented linear probe run, 90 epochs of it in the Table-4 recipes): as ``eval.features`` calls
+    it today (no_grad, no autocast: fp32) and under bf16 autocast (what it would give)."""
+    import contextlib
+
+    import torch
+
+    model.eval()
+    batch, steps = int(spec["probe_batch"]), int(spec["probe_steps"])
+    x = torch.randn(batch, 3, size, size, device=dev, generator=g)  # stands in for normalised images
+    modes: dict[str, Any] = {"probe_fp32_img_s": contextlib.nullcontext}
+    if dev.type == "cuda":
+        modes["probe_bf16_img_s"] = lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    out: dict[str, Any] = {}
+    with torch.no_grad():
+        for key, mode in modes.items():
+            with mode():
+                for _ in range(2):
+                    model.probe_features(x)
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    model.probe_features(x)
+                sync()
+            out[key] = batch * steps / (time.perf_counter() - t0)
+    model.train()
+    return out
 
 
 def _generate_folder(root: Path, images: int, classes: int, widths: tuple[int, int], procs: int) -> float:
@@ -717,7 +748,8 @@ def render_throughput(data: dict[str, Any], ctx: dict[str, Any]) -> str:
     cols = [("method", "method"), ("recipe", "method settings"), ("batch", "per-GPU batch"), ("views", "views"),
             ("img_s", "images/s"), ("step_ms", "step (ms)"), ("peak_gib", "peak mem (GiB)"), ("params_m", "trained params (M)"),
             ("gflop_img", "GFLOP/image (fwd+bwd)"), ("tflops", "achieved TFLOP/s"), ("mfu_pct", "MFU (%)"),
-            ("attention_counted", "attention matmuls counted"), ("status", "status")]
+            ("attention_counted", "attention matmuls counted"), ("probe_fp32_img_s", "probe features images/s (fp32)"),
+            ("probe_bf16_img_s", "probe features images/s (bf16)"), ("status", "status")]
     text = md_table(rows, cols)
     errors = [f"- {r['method']}: {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}" for r in rows if r.get("error")]
     notes = [r.get("note") for r in rows if r.get("note")]
@@ -748,6 +780,10 @@ def render_throughput(data: dict[str, Any], ctx: dict[str, Any]) -> str:
         "'attention matmuls counted' says whether the attention kernels this step dispatched are among those it counts.",
         f"- Peak used for MFU: {ctx['peak_text']}.",
         "- images/s is per GPU; an 8-GPU node runs 8x this at the same per-GPU batch (plus the all-reduce).",
+        f"- probe features: `model.probe_features` (eval mode, no_grad) on a batch of {ctx['spec']['probe_batch']} "
+        "normalised images: what the feature extraction and the augmented linear probe (90 epochs of encoder passes in "
+        "the Table-4 recipes) run. fp32 is how `ssl_bench.eval.features` calls it today (no autocast); bf16 is the "
+        "same under bf16 autocast.",
         *[f"- {n}" for n in notes], *errors,
     ])
     return text
@@ -941,6 +977,7 @@ def build_spec(args: argparse.Namespace, work: Path, device: str, device_name: s
         # part 1
         "image_size": 32 if dry else 224, "batch": batch, "steps": args.steps or (2 if dry else 10),
         "warmup": args.warmup if args.warmup is not None else (1 if dry else 3), "prepare_images": 16 if dry else 256,
+        "probe_batch": 4 if dry else 256, "probe_steps": 1 if dry else 5,
         "set_all": tiny_backbone if dry else [],
         "set": {"mae": ["method.decoder.embed_dim=32", "method.decoder.depth=1", "method.decoder.num_heads=2"],
                 "mocov3": ["method.proj_hidden=64", "method.proj_dim=32", "method.pred_hidden=64"]} if dry else {},

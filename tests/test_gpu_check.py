@@ -68,7 +68,8 @@ def test_dry_run_fills_every_section(tmp_path: Path) -> None:
     assert set(rows) == {"mae", "ldae", "ddm", "mocov3"}
     for method, row in rows.items():
         assert row["status"] == "ok", (method, row)
-        for col in ("images/s", "step (ms)", "peak mem (GiB)", "GFLOP/image (fwd+bwd)", "achieved TFLOP/s"):
+        for col in ("images/s", "step (ms)", "peak mem (GiB)", "GFLOP/image (fwd+bwd)", "achieved TFLOP/s",
+                    "probe features images/s (fp32)"):
             assert _number(row[col]) > 0, (method, col, row[col])
         assert row["attention matmuls counted"], row  # says yes or no, never nothing
     assert rows["mocov3"]["views"] == "2" and rows["mae"]["views"] == "1"  # the folder loader's crops per method
