@@ -102,6 +102,14 @@ def peak_tflops(device_name: str, override: float | None) -> tuple[float | None,
     return None, f"no peak known for {device_name!r} (pass --peak-tflops): MFU left blank"
 
 
+def nccl_version() -> str:
+    """torch's NCCL version as text (a tuple in recent torch, an int such as 21803 in older ones)."""
+    import torch
+
+    v = torch.cuda.nccl.version()
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
 
@@ -276,7 +284,7 @@ def task_throughput_one(spec: dict[str, Any], rec: Record) -> None:
         try:
             row.update(_measure(spec, method, batch, dev))
             break
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             if attempt:
                 raise
             torch.cuda.empty_cache()
@@ -659,7 +667,7 @@ def task_ddp_step(spec: dict[str, Any], rec: Record) -> None:
         diff = max(float((a - b).abs().max()) for a, b in zip(model.parameters(), replica.parameters()))
         probe = torch.full((4,), float(dist.get_rank() + 1), device=dev)
         dist.all_reduce(probe)
-        nccl = ".".join(map(str, torch.cuda.nccl.version())) if cuda else None
+        nccl = nccl_version() if cuda else None
         rec.set(step={"backend": dist.get_backend(), "world_size": dist.get_world_size(), "device": str(dev),
                       "nccl": nccl, "steps": 3, "losses": [round(x, 4) for x in losses],
                       "max_abs_weight_diff_vs_unwrapped": diff, "all_reduce_ok": bool((probe == dist.get_world_size()).all())})
@@ -903,6 +911,9 @@ def render(results: dict[str, dict[str, Any]], ctx: dict[str, Any]) -> str:
         out += [f"## {titles[part]}", "", _status_line(data), ""]
         if data["status"].startswith("skipped"):
             continue
+        if not any(data.get(k) for k in ("rows", "cpu_rows", "cli", "step", "leaderboard", "folder", "skipped")):
+            out.append(_error_block(data) or "(nothing recorded)")  # died before it measured anything
+            continue
         try:
             out.append(RENDER[part](data, ctx))
         except Exception as exc:  # a rendering bug must not lose the other sections
@@ -923,7 +934,7 @@ def header(args: argparse.Namespace, device_name: str, peak_text: str) -> dict[s
     if torch.cuda.is_available():
         versions += f", CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
         try:
-            versions += ", NCCL " + ".".join(map(str, torch.cuda.nccl.version()))
+            versions += ", NCCL " + nccl_version()
         except Exception:  # a build without NCCL
             pass
     try:

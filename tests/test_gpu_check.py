@@ -111,3 +111,46 @@ def test_a_failing_or_hanging_part_is_reported_and_the_next_one_runs(tmp_path: P
     assert "status: failed" in sec["3. "] and "injected failure" in sec["3. "], sec["3. "][:800]
     for key in ("1. ", "4. ", "5. "):
         assert "status: skipped: not selected" in sec[key]
+
+
+def _load_gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_results_render_mfu_failures_and_timeouts() -> None:
+    """What a GPU run writes (no GPU needed: fabricated part results): the MFU from the device's
+    peak, a failed method's error beside the measured ones, a timed-out part's partial rows."""
+    gc = _load_gpu_check()
+    assert gc.peak_tflops("NVIDIA H200", None)[0] == 989.4
+    assert gc.peak_tflops("NVIDIA A100-SXM4-80GB", None)[0] == 312.0
+    assert gc.peak_tflops("NVIDIA H100 PCIe", None)[0] is None  # lower clocks than SXM: not guessed
+    assert gc.peak_tflops("NVIDIA L40S", 362.0)[0] == 362.0
+    spec = gc.build_spec(gc.parse_args([]), Path("work"), "cuda", "NVIDIA H200")
+    mae = {"method": "mae", "batch": 256, "img_s": 2900.0, "step_ms": 88.3, "peak_gib": 21.4, "gflop_img": 57.1,
+           "tflops": 165.6, "mfu_pct": 16.74, "attention_counted": "yes (aten._scaled_dot_product_flash_attention)", "status": "ok"}
+    results = {
+        "throughput": {"status": "ok", "seconds": 80.0, "allotted": 120, "rows": [
+            mae, {"method": "ddm", "status": "failed", "error": "exit code 1; last log lines:\nRuntimeError: CUDA error: boom"}]},
+        "data": {"status": "timed out", "seconds": 60.0, "allotted": 60, "error": "killed at its time limit (60 s)", "rows": [
+            {"task": "MAE, 1 view", "pipeline": "standard (ImageFolder + PIL transforms)", "workers": 15, "img_s": 2000.0, "img_cpu_s": 150.0},
+            {"task": "MAE, 1 view", "pipeline": "ours (decoder=torchvision)", "workers": 15, "img_s": 3100.0, "img_cpu_s": 230.0}]},
+        "knn": {"status": "failed", "seconds": 3.0, "allotted": 30, "error": "RuntimeError: no kernel image"},
+        "ddp": {"status": "skipped: not selected (--parts)", "allotted": 0},
+        "fashion": {"status": "skipped: over budget (3 s left of its allotment)", "allotted": 3},
+    }
+    ctx = {"dry_run": False, "spec": spec, "peak_text": "x", "mae_img_s": 2900.0, "total_s": 150.0, "header": {}}
+    sec = _sections(gc.render(results, ctx))
+    row = dict(zip([c.strip() for c in sec["1. "].split("\n|", 1)[1].split("\n")[0].strip("|").split("|")],
+                   _table_rows(sec["1. "])[0]))
+    assert row["MFU (%)"] == "16.7" and row["images/s"] == "2,900.0"
+    assert "ddm: RuntimeError: CUDA error: boom" in sec["1. "]
+    data = {(r[1], r[6]) for r in _table_rows(sec["2. "])}
+    assert ("standard (ImageFolder + PIL transforms)", "no (0.69x)") in data and ("ours (decoder=torchvision)", "yes (1.07x)") in data
+    assert "status: timed out" in sec["2. "] and "killed at its time limit" in sec["2. "]
+    assert "status: failed" in sec["3. "] and "no kernel image" in sec["3. "]
+    assert "status: skipped: over budget" in sec["5. "]
