@@ -108,7 +108,8 @@ def read_config_file(path: str | Path, origin: str) -> dict[str, Any]:
     try:
         return Config.fromfile(str(path)).to_dict()
     except SyntaxError as exc:
-        where = f"{exc.filename or path}:{exc.lineno}" if exc.lineno else str(path)
+        name = exc.filename if exc.filename and not exc.filename.startswith("<") else path
+        where = f"{name}:{exc.lineno}" if exc.lineno else str(path)
         raise ConfigError(f"{where}: syntax error in {origin} file: {exc.msg}") from None
     except Exception as exc:  # a NameError, a bad _base_, ...: the innermost frame inside the file
         line = None

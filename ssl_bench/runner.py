@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,22 @@ def evaluate_on_images(
     return out
 
 
+def _find_run(store: ResultsStore, run_dir: Path) -> int | None:
+    """The store's run for ``run_dir``, however the path was spelt when it was recorded (relative to
+    the working directory, as ``--out runs`` gives, or absolute)."""
+    run_dir = Path(run_dir)
+    candidates = [str(run_dir), str(run_dir.resolve())]
+    try:
+        candidates.append(os.path.relpath(run_dir.resolve()))
+    except ValueError:  # another drive (Windows)
+        pass
+    for candidate in dict.fromkeys(candidates):
+        run_id = store.find_run(candidate)
+        if run_id is not None:
+            return run_id
+    return None
+
+
 def _attach_logfile(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -307,7 +324,7 @@ def run_method(
     run_id, finished_before, handler = None, False, None
     if ctx.is_main:
         if resume:
-            run_id = store.find_run(str(run_dir))
+            run_id = _find_run(store, run_dir)
             finished_before = run_id is not None and store.get_run(run_id).status == "finished"
         else:
             run_dir.mkdir(parents=True, exist_ok=False)
@@ -517,7 +534,7 @@ def evaluate_run(
     results = evaluate_features(feats, cfg, registry, dataset.info.num_classes, device, image_results)
     results += model.extra_evaluations(dataset, device)
     recorded = _with_features(results, protocol["features"])
-    run_id = store.find_run(str(run_dir))
+    run_id = _find_run(store, run_dir)
     if run_id is None:
         run_id = store.add_run(RunRecord(
             method=cfg.method.name, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(run_dir),

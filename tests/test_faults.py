@@ -1,0 +1,391 @@
+"""Fault injection: no wrong result is ever stored, no good result is ever lost, every bad input is
+one clear line. Each case checks the exit code, the one-line message and that the store and the run
+directories hold exactly what they held before (nothing lost, nothing half-written) — or, where the
+fault happens mid-run, exactly what the fault should leave.
+
+Most cases go through the real command line in a subprocess (signals and kill -9 need one); the
+tiny settings train a 32-wide, 2-deep ViT on a 256-image digits subset in seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TINY = [
+    "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "dataset.limit_train=256", "dataset.limit_test=128",
+    "train.batch_size=64", "eval.linear.epochs=3", "eval.linear.warmup_epochs=1",
+]
+RUN = ["run", "mae", "--backbone", "vit-nano", "--out", "runs", "--no-baselines"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ssl-bench"), *args], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The process failed with ``code`` and said why in exactly one line, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in lines if line.startswith("ssl-bench:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def snapshot(root: Path) -> dict:
+    """Every file's hash under ``root`` (the store as its rows, since SQLite may rewrite its pages)."""
+    files = {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file() and "results.db" not in p.name
+    }
+    db = root / "runs" / "results.db"
+    rows = {}
+    if db.is_file():
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        for table in ("runs", "metrics"):
+            rows[table] = con.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+        con.close()
+    return {"files": files, "db": rows}
+
+
+def runs_table(root: Path) -> list[dict]:
+    con = sqlite3.connect(root / "runs" / "results.db")
+    con.row_factory = sqlite3.Row
+    out = [dict(r) for r in con.execute("SELECT id, method, run_dir, status, is_baseline FROM runs ORDER BY id")]
+    con.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch mae run (non-default --epochs) and its baselines, to be attacked."""
+    root = tmp_path_factory.mktemp("finished")
+    proc = cli("run", "mae", "--backbone", "vit-nano", "--out", "runs", "--epochs", "2", "--set", *TINY, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ------------------------------------------------------------------------------ bad input, nothing written
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--epochs", "0"], "train.epochs=0 is invalid: expected an integer >= 1"),
+    (["--epochs", "-1"], "train.epochs=-1 is invalid: expected an integer >= 1"),
+    (["--set", "train.epochs=abc"], "train.epochs='abc' is invalid: expected an integer >= 1"),
+    (["--set", "train.batch_size=0"], "train.batch_size=0 is invalid: expected an integer >= 1"),
+    (["--set", "train.blr=-1e-3"], "train.blr=-0.001 is invalid: expected a number > 0"),
+    (["--set", "method.corruption.mask_ratio=1.0"], "method.corruption.mask_ratio=1.0 is invalid: expected a number in (0, 1)"),
+    (["--set", "train.optimizer=adam"], "train.optimizer='adam' is invalid: expected one of adamw, sgd, lars"),
+    (["--set", "eval.linear.warmup_epochs=5", "eval.linear.epochs=3"], "eval.linear.warmup_epochs=5 must be below eval.linear.epochs=3"),
+])
+def test_invalid_settings_are_one_line_and_write_nothing(tmp_path, flags, expected):
+    if flags[0] == "--set":  # after the tiny settings, so the bad value is the one that counts
+        proc = cli(*RUN, "--set", *TINY, *flags[1:], cwd=tmp_path)
+    else:
+        proc = cli(*RUN, *flags, "--set", *TINY, cwd=tmp_path)
+    assert expected in one_line_error(proc)
+    assert not (tmp_path / "runs").exists()  # no run dir, no store
+
+
+def test_config_file_syntax_error_is_file_and_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("train = dict(epochs=3,\nmethod = dict()\n")
+    line = one_line_error(cli(*RUN, "--config", str(bad), cwd=tmp_path))
+    assert f"{bad}:" in line and "syntax error" in line
+    typo = tmp_path / "typo.py"
+    typo.write_text("train = dict(epoch=3)\n")
+    assert "unknown config key 'train.epoch'" in one_line_error(cli(*RUN, "--config", str(typo), cwd=tmp_path))
+    assert not (tmp_path / "runs").exists()
+
+
+def _imagefolder(root: Path, classes: int, per_class: int = 4) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("case,flags,expected", [
+    ("one class", "imagefolder", "1 class(es) in its training split"),
+    ("class missing from train", ["dataset.limit_train=5"], "never occur in the training split"),
+    ("fewer images than k", ["dataset.limit_train=60"], "k-NN with k up to 200 needs at least 200 training images"),
+])
+def test_datasets_that_cannot_give_a_meaningful_number_are_refused(tmp_path, case, flags, expected):
+    if flags == "imagefolder":
+        data = _imagefolder(tmp_path / "one", classes=1)
+        proc = cli(*RUN, "--dataset", "imagefolder", "--data-root", str(data), "--set", *TINY, "dataset.image_size=16",
+                   "dataset.num_workers=0", "dataset.limit_train=None", "dataset.limit_test=None", cwd=tmp_path)
+    else:
+        proc = cli(*RUN, "--set", *TINY, *flags, cwd=tmp_path)
+    assert expected in one_line_error(proc)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_dataset_image_size_works(tmp_path):
+    data = _imagefolder(tmp_path / "two", classes=2, per_class=12)
+    proc = cli(*RUN, "--dataset", "imagefolder", "--data-root", str(data), "--epochs", "1", "--set", *TINY,
+               "dataset.image_size=32", "dataset.num_workers=0", "dataset.limit_train=None", "dataset.limit_test=None",
+               "eval.knn.ks=(10,20)", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads(next((tmp_path / "runs").rglob("config.json")).read_text())
+    assert cfg["dataset"]["image_size"] == 32
+
+
+# ------------------------------------------------------------------------------ resume: exact or refused
+
+
+def test_resume_with_changed_training_flags_is_refused_and_changes_nothing(finished, tmp_path):
+    root = _copy(finished, tmp_path / "w")
+    before = snapshot(root)
+    line = one_line_error(cli(*RUN, "--resume", "--epochs", "2", "--set", *TINY, "train.blr=1e-2", cwd=root))
+    assert "changes 1 setting(s)" in line and "train.blr" in line and "Nothing was changed" in line
+    assert snapshot(root) == before
+
+
+def test_rejected_resume_of_a_finished_run_keeps_it(finished, tmp_path):
+    """A checkpoint that does not match (here: the checkpoint of another configuration copied over
+    the finished run's) is refused; the finished run stays finished, on the leaderboard, config intact."""
+    root = _copy(finished, tmp_path / "w")
+    other = cli("run", "mae", "--backbone", "vit-nano", "--out", "other", "--epochs", "1", "--no-baselines",
+                "--set", *[t for t in TINY if not t.startswith("backbone.embed_dim")], "backbone.embed_dim=64", cwd=root)
+    assert other.returncode == 0, other.stderr[-2000:]
+    run_dir = root / "runs" / "digits" / "vit-nano" / "mae-s0"
+    (run_dir / "checkpoint.pt").write_bytes(next((root / "other").rglob("checkpoint.pt")).read_bytes())
+    before = snapshot(root)
+    line = one_line_error(cli(*RUN, "--resume", str(run_dir), cwd=root))
+    assert "--resume" in line and "backbone.embed_dim" in line
+    assert snapshot(root) == before
+    assert [r["status"] for r in runs_table(root) if r["method"] == "mae"] == ["finished"]
+    board = cli("leaderboard", "--out", "runs", cwd=root)
+    assert board.returncode == 0 and "| mae" in board.stdout
+
+
+def test_resume_without_flags_reuses_the_runs_config_and_its_baselines(finished, tmp_path):
+    """README's `ssl-bench run mae --resume` on a run trained with --epochs 2: continues with its own
+    config (not the default 10 epochs), re-scores the finished run in place, reuses the baselines."""
+    root = _copy(finished, tmp_path / "w")
+    before = runs_table(root)
+    proc = cli("run", "mae", "--backbone", "vit-nano", "--out", "runs", "--resume", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nothing to train" in proc.stdout
+    assert runs_table(root) == before  # same rows: the run re-scored in place, baselines reused
+    cfg = json.loads((root / "runs" / "digits" / "vit-nano" / "mae-s0" / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 2
+
+
+# ------------------------------------------------------------------------------ faults mid-run
+
+
+def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _start(args: list[str], cwd: Path, driver: str | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", driver, *args] if driver else [str(BIN / "ssl-bench"), *args]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+
+
+def test_ctrl_c_checkpoints_marks_interrupted_and_resumes(tmp_path):
+    args = [*RUN, "--epochs", "40", "--set", *TINY]
+    proc = _start(args, tmp_path)
+    log = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0" / "train.log"
+    _wait_for(lambda: log.is_file() and "epoch 2/40" in log.read_text(), what="epoch 2")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "ssl-bench run mae --resume" in err and "Traceback" not in err
+    assert [r["status"] for r in runs_table(tmp_path)] == ["interrupted"]
+    ckpt = log.parent / "checkpoint.pt"
+    import torch
+
+    assert torch.load(ckpt, weights_only=True)["step"] >= 8  # at a step boundary after epoch 2
+    resumed = cli(*RUN, "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["status"] for r in runs_table(tmp_path)] == ["finished"]
+
+
+def test_killed_run_shows_as_interrupted_once_a_later_command_sees_it_gone(tmp_path):
+    proc = _start([*RUN, "--epochs", "40", "--set", *TINY], tmp_path)
+    log = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0" / "train.log"
+    _wait_for(lambda: log.is_file() and "epoch 1/40" in log.read_text(), what="epoch 1")
+    proc.kill()
+    proc.communicate()
+    assert [r["status"] for r in runs_table(tmp_path)] == ["running"]
+    later = cli(*RUN, "--epochs", "1", "--set", *TINY, cwd=tmp_path)
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert [r["status"] for r in runs_table(tmp_path)] == ["interrupted", "finished"]
+
+
+_SLOW_CHECKPOINT = textwrap.dedent("""
+    import os, sys, time
+    import ssl_bench.train.checkpoint as ck
+    real = os.replace
+    def slow_replace(src, dst):
+        if str(dst).endswith("checkpoint.pt") and os.path.exists(dst):  # the second checkpoint onwards
+            open(os.path.join(os.path.dirname(dst), "WRITING"), "w").close()
+            time.sleep(600)
+        return real(src, dst)
+    ck.os.replace = slow_replace
+    from ssl_bench.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
+    import torch
+
+    proc = _start([*RUN, "--epochs", "5", "--set", *TINY], tmp_path, driver=_SLOW_CHECKPOINT)
+    run_dir = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0"
+    _wait_for(lambda: (run_dir / "WRITING").is_file(), what="the second checkpoint write")
+    proc.kill()
+    proc.communicate()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # still a whole, loadable checkpoint
+    assert state["epoch"] == 1
+    (run_dir / "WRITING").unlink()
+    resumed = cli(*RUN, "--resume", cwd=tmp_path)  # the stale temp file does not get in the way
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 5
+    assert [r["status"] for r in runs_table(tmp_path)] == ["finished"]
+
+
+_SLOW_EVALUATION = textwrap.dedent("""
+    import os, sys, time
+    import ssl_bench.runner as runner
+    real = runner.evaluate_features
+    def slow(feats, cfg, *a, **k):
+        open(os.path.join(cfg.out, "EVALUATING"), "w").close()
+        time.sleep(600)
+        return real(feats, cfg, *a, **k)
+    runner.evaluate_features = slow
+    from ssl_bench.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_kill_during_evaluation_leaves_no_half_result(tmp_path):
+    proc = _start([*RUN, "--epochs", "1", "--set", *TINY], tmp_path, driver=_SLOW_EVALUATION)
+    _wait_for(lambda: (tmp_path / "runs" / "EVALUATING").is_file(), what="evaluation")
+    proc.kill()
+    proc.communicate()
+    con = sqlite3.connect(tmp_path / "runs" / "results.db")
+    assert con.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 0  # nothing half-recorded
+    con.close()
+    board = cli("leaderboard", "--out", "runs", cwd=tmp_path)
+    assert board.returncode == 0 and "| mae" not in board.stdout  # an unfinished run is not a result
+    run_dir = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0"
+    again = cli("eval", str(run_dir), "--out", "runs", cwd=tmp_path)  # marks it interrupted, then finishes it
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [r["status"] for r in runs_table(tmp_path)] == ["finished"]
+
+
+def test_disk_full_is_one_line_and_the_run_is_marked_failed(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from ssl_bench.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch, "save", full)
+    assert main([*RUN, "--epochs", "1", "--set", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.count("ssl-bench: error:") == 1 and "no space left on device" in err.lower() and "Traceback" not in err
+    assert [r["status"] for r in runs_table(tmp_path)] == ["failed"]
+
+
+def test_unwritable_out_dir_is_one_line(tmp_path):
+    target = Path("/sys/ssl-bench-runs")  # root cannot write there either
+    if os.access("/sys", os.W_OK):
+        pytest.skip("/sys is writable here")
+    proc = cli(*RUN, "--epochs", "1", "--out", str(target), "--results", str(tmp_path / "results.db"), "--set", *TINY, cwd=tmp_path)
+    line = one_line_error(proc)
+    assert "cannot write /sys/ssl-bench-runs" in line and "Fix:" in line
+    con = sqlite3.connect(tmp_path / "results.db")
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0  # refused before a row was added
+    con.close()
+
+
+# ------------------------------------------------------------------------------ the store and the run dir as data
+
+
+def test_leaderboard_refuses_a_zero_byte_or_foreign_store_and_leaves_it(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert "is empty" in one_line_error(cli("leaderboard", "--results", str(empty), cwd=tmp_path))
+    assert empty.read_bytes() == b""
+    foreign = tmp_path / "foreign.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE songs (title TEXT)")
+    con.commit()
+    con.close()
+    data = foreign.read_bytes()
+    one_line_error(cli("leaderboard", "--results", str(foreign), cwd=tmp_path))
+    assert foreign.read_bytes() == data
+
+
+def test_a_damaged_row_is_one_line_naming_the_run(finished, tmp_path):
+    root = _copy(finished, tmp_path / "w")
+    con = sqlite3.connect(root / "runs" / "results.db")
+    run_id = con.execute("SELECT id FROM runs WHERE method = 'mae'").fetchone()[0]
+    con.execute("UPDATE metrics SET protocol_json = '{not json' WHERE run_id = ?", (run_id,))
+    con.commit()
+    con.close()
+    line = one_line_error(cli("leaderboard", "--out", "runs", cwd=root))
+    assert f"run {run_id}" in line or f"run id {run_id}" in line
+
+
+def test_eval_reads_config_json_and_never_executes_config_py(finished, tmp_path):
+    root = _copy(finished, tmp_path / "w")
+    run_dir = root / "runs" / "digits" / "vit-nano" / "mae-s0"
+    marker = tmp_path / "EXECUTED"
+    (run_dir / "config.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    proc = cli("eval", str(run_dir), "--out", "runs", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not marker.exists()
+
+
+def test_corrupt_feature_cache_is_recomputed_with_a_warning(finished, tmp_path):
+    root = _copy(finished, tmp_path / "w")
+    run_dir = root / "runs" / "digits" / "vit-nano" / "mae-s0"
+    expected = json.loads((run_dir / "metrics.json").read_text())["knn"]["metrics"]["knn_top1"]
+    (run_dir / "features.pt").write_bytes(b"garbage")
+    proc = cli("eval", str(run_dir), "--out", "runs", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "features cache" in proc.stderr and "recomputing" in proc.stderr
+    assert f"knn_top1: {100 * expected:.2f}%" in proc.stdout  # the same features again
