@@ -257,7 +257,9 @@ def task_throughput(spec: dict[str, Any], rec: Record) -> None:
     methods = spec["methods"]
     for i, method in enumerate(methods):
         left = deadline - time.monotonic()
-        share = left / (len(methods) - i)
+        # all the part's time but a reserve for each method still to come: a slow first process (a
+        # cold CUDA start) is not killed early, a hung one still leaves the others their turn
+        share = left - (len(methods) - i - 1) * float(spec["method_reserve_s"])
         if share < MIN_PART_S:
             rec.row({"method": method, "status": f"skipped: {left:.0f} s left in the part's budget"})
             continue
@@ -988,7 +990,7 @@ def build_spec(args: argparse.Namespace, work: Path, device: str, device_name: s
         # part 1
         "image_size": 32 if dry else 224, "batch": batch, "steps": args.steps or (2 if dry else 10),
         "warmup": args.warmup if args.warmup is not None else (1 if dry else 3), "prepare_images": 16 if dry else 256,
-        "probe_batch": 4 if dry else 256, "probe_steps": 1 if dry else 5,
+        "probe_batch": 4 if dry else 256, "probe_steps": 1 if dry else 5, "method_reserve_s": 10.0 if dry else 15.0,
         "set_all": tiny_backbone if dry else [],
         "set": {"mae": ["method.decoder.embed_dim=32", "method.decoder.depth=1", "method.decoder.num_heads=2"],
                 "mocov3": ["method.proj_hidden=64", "method.proj_dim=32", "method.pred_hidden=64"]} if dry else {},

@@ -104,12 +104,12 @@ def test_dry_run_fills_every_section(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_failing_or_hanging_part_is_reported_and_the_next_one_runs(tmp_path: Path) -> None:
-    # data hangs until its share of the 30 s budget (20 s) is spent, knn then fails at once
-    proc, text = _run("--parts", "data,knn", "--inject", "data=hang,knn=raise", "--budget", "30", tmp_path=tmp_path)
+    # knn hangs until its share of the 28 s budget (30/80 of it, 10.5 s) is spent; ddp then fails at once
+    proc, text = _run("--parts", "knn,ddp", "--inject", "knn=hang,ddp=raise", "--budget", "28", tmp_path=tmp_path)
     sec = _sections(text)
-    assert "status: timed out" in sec["2. "], sec["2. "][:500]
-    assert "status: failed" in sec["3. "] and "injected failure" in sec["3. "], sec["3. "][:800]
-    for key in ("1. ", "4. ", "5. "):
+    assert "status: timed out" in sec["3. "] and "killed at its time limit" in sec["3. "], sec["3. "][:500]
+    assert "status: failed" in sec["4. "] and "injected failure" in sec["4. "], sec["4. "][:800]
+    for key in ("1. ", "2. ", "5. "):
         assert "status: skipped: not selected" in sec[key]
 
 
