@@ -172,3 +172,48 @@ def test_two_process_extraction_and_augmented_probe_equal_one_process(tmp_path: 
     test_f, test_y = extract_features(rowwise_features, folder.test, folder.info, 8, CPU)
     single = augmented_linear_probe(rowwise_features, folder.train, folder.info, test_f, test_y, 2, FOLDER_AUG, seed=0)
     assert r0["folder_aug"] == single.metrics and r1["folder_aug"] is None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_run_with_the_augmented_probe_then_a_rescore_from_the_cache(tmp_path: Path) -> None:
+    """The runner under torchrun: both ranks extract and run the augmented probe, rank 0 records; a
+    --resume of the finished run re-scores it from rank 0's features cache without a rank hanging."""
+    import json
+    import sqlite3
+    import subprocess
+    import sys
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "ssl_bench.cli",
+            "run", "mae", "--backbone", "vit-nano", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "runs"),
+            "--no-baselines", "--set", "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
+            "dataset.limit_train=129", "dataset.limit_test=65", "train.batch_size=32", "eval.batch_size=16", "eval.knn.ks=(10,20)",
+            "eval.linear.protocol=augmented", "eval.linear.epochs=2", "eval.linear.warmup_epochs=1", "eval.linear.batch_size=32",
+            *extra,
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+    first = run()
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
+    run_dir = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0"
+    cache = torch.load(run_dir / "features.pt", weights_only=True)
+    assert cache["train"].shape[0] == 129 and cache["test"].shape[0] == 65  # gathered, padding dropped
+    con = sqlite3.connect(tmp_path / "runs" / "results.db")
+    protos = [json.loads(p) for (p,) in con.execute("SELECT protocol_json FROM metrics WHERE name = 'linear_top1'")]
+    con.close()
+    assert len(protos) == 1 and protos[0]["protocol"] == "augmented" and protos[0]["world_size"] == 2
+    mtime = (run_dir / "features.pt").stat().st_mtime_ns
+
+    again = run("--resume")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-4000:]
+    assert (run_dir / "features.pt").stat().st_mtime_ns == mtime  # rank 0 read the cache; nobody rewrote it
