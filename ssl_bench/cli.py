@@ -107,15 +107,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         if ctx.is_main:
             log.info("== %s on %s, backbone %s, %d epochs, device %s ==", method, cfg.dataset.name, cfg.backbone.name, cfg.train.epochs, ctx.device)
         run_method(method, cfg, store, ctx, dataset=dataset, resume=args.resume, registry=registry)
-    if not ctx.is_main:
-        return 0
-    if not args.no_baselines:
+    if not args.no_baselines:  # every rank takes part: each extracts its shard of the features
         for name in first.eval.baselines:
-            run_baseline(name, first, store, dataset, ctx.device, registry=registry)
+            run_baseline(name, first, store, dataset, ctx.device, registry=registry, ctx=ctx)
         if "random-init" in first.eval.baselines:  # methods whose own untrained network is the honest baseline
             for method, cfg in cfgs.items():
                 if getattr(registry.get("method", method), "own_random_init", False):
-                    run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method)
+                    run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method, ctx=ctx)
+    if not ctx.is_main:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        return 0
     table = build_leaderboard(store, dataset=first.dataset.name, backbone=first.backbone.name)
     print(f"\nLeaderboard: {first.dataset.name}, {first.backbone.name} ({results_path(args)})\n")
     print(render(table, "md"))

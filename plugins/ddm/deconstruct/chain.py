@@ -439,8 +439,8 @@ def run_chain(
             log.info("== deconstruct %s%s: %s, %s ==", first.name, extra, first.config, first.change)
         try:
             run_method(CHAIN_METHOD, cfg, store, ctx, dataset=dataset, registry=registry)
-            if random_init and getattr(ctx, "is_main", True):
-                run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=CHAIN_METHOD)
+            if random_init:  # every rank: each extracts its shard of the untrained network's features
+                run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=CHAIN_METHOD, ctx=ctx)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
