@@ -1,4 +1,5 @@
-"""Core components against METHODS.md section 6 (facts 17-20)."""
+"""Core components against MAE's official code (facebookresearch/mae ``models_mae.py``:
+``random_masking``, ``patchify``, ``forward_loss``; ``util/pos_embed.py::get_2d_sincos_pos_embed``)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_patchify_rejects_indivisible():
         patchify(torch.zeros(1, 1, 10, 10), 4)
 
 
-def test_sincos_fact_19():
+def test_sincos_first_half_column_second_half_row():
     emb = sincos_2d(8, 2, cls_token=True)  # [1 + 4, 8]
     assert torch.equal(emb[0], torch.zeros(8))
     token = emb[1 + 1]  # row 0, col 1

@@ -1,6 +1,9 @@
 """DiT DDM as an Improved DDPM: learned variance, hybrid loss, importance sampling, test NLL, samples.
 
-METHODS.md §4.6-§4.7, §5.3-§5.5, facts 9-11 and 16 on the real method (tiny DiT on digits, CPU).
+Checked against facebookresearch/DiT ``models.py`` (learn_sigma doubles the output channels) and
+openai/improved-diffusion ``improved_diffusion/gaussian_diffusion.py`` (``p_mean_variance``,
+``training_losses``) and ``improved_diffusion/resample.py`` (``LossSecondMomentResampler``), on the
+real method (tiny DiT on digits, CPU).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def _x0(m, ds, n=8):
 # -- learned variance ------------------------------------------------------------------------------
 
 
-def test_learned_variance_doubles_output_channels_fact16(tiny_cfg):
+def test_learned_variance_doubles_output_channels(tiny_cfg):
     m, ds, _ = _ddm(tiny_cfg)
     d = m.tokenizer.latent_dim  # patch PCA on 2x2x1 digit patches: d = 2
     assert m.use_diffusion and m.diffusion.model_var_type == "learned_range" and m.diffusion.loss_type == "mse"
@@ -48,8 +51,8 @@ def test_learned_variance_doubles_output_channels_fact16(tiny_cfg):
     assert x0.shape == (8, d, 4, 4)  # latent tokens [B, 16, d] laid out as [B, d, 4, 4]
     out = m.model_fn()(x0, torch.full((8,), 10))
     assert out.shape == (8, 2 * d, 4, 4)
-    assert torch.equal(out, torch.zeros_like(out))  # DiT zero-init kept on the doubled head (fact 13)
-    # v = 0 at init -> geometric mean of beta~_t and beta_t (fact 9)
+    assert torch.equal(out, torch.zeros_like(out))  # DiT's zero-init kept on the doubled head
+    # v = 0 at init -> geometric mean of beta~_t and beta_t (IDDPM p_mean_variance, learned range)
     t = torch.full((8,), 10)
     p = m.diffusion.p_mean_variance(m.model_fn(), x0, t)
     ref = 0.5 * (math.log(m.diffusion.betas[10]) + m.diffusion.posterior_log_variance_clipped[10])
@@ -76,7 +79,7 @@ def test_non_ddpm_rows_fall_back_and_forcing_them_is_an_error(tiny_cfg):
 # -- hybrid loss -----------------------------------------------------------------------------------
 
 
-def test_hybrid_loss_on_the_real_model_vb_trains_only_the_variance_fact10(tiny_cfg):
+def test_hybrid_loss_on_the_real_model_vb_trains_only_the_variance(tiny_cfg):
     m, ds, _ = _ddm(tiny_cfg)
     with torch.no_grad():  # leave zero-init so that both heads have a non-trivial output
         for p in m.backbone.parameters():
@@ -122,7 +125,7 @@ def test_rescaled_mse_multiplies_vb_by_T_over_1000(tiny_cfg):
 # -- importance sampling ---------------------------------------------------------------------------
 
 
-def test_loss_second_moment_sampler_weights_history_and_state_fact11(tiny_cfg, monkeypatch):
+def test_loss_second_moment_sampler_weights_history_and_state(tiny_cfg, monkeypatch):
     m, ds, cfg = _ddm(tiny_cfg, "method.diffusion.timestep_sampler='loss-second-moment'")
     s = m.timestep_sampler
     assert isinstance(s, LossSecondMomentSampler) and s.history_per_term == 10 and s.uniform_prob == 0.001

@@ -1,4 +1,5 @@
-"""Gaussian diffusion core: METHODS.md §5 and §6 facts 7-11, plus respacing, samplers and CFG."""
+"""Gaussian diffusion core against openai/improved-diffusion ``improved_diffusion/gaussian_diffusion.py``
+(reference values computed in float64 from its tables and formulas), plus respacing, samplers and CFG."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ def _t(values) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.long)
 
 
-# ---- facts 7-8: posterior ----------------------------------------------------------------------
+# ---- posterior (GaussianDiffusion.__init__, q_posterior_mean_variance) ----------------------------
 
 
-def test_posterior_variance_linear_fact7():
+def test_posterior_variance_linear():
     d = GaussianDiffusion(linear_betas(1000))
     assert d.posterior_variance[0] == 0.0
     close(d.posterior_variance[1], 5.4531876613e-05, rtol=1e-9)
@@ -47,17 +48,17 @@ def test_posterior_variance_linear_fact7():
     close(d.posterior_log_variance_clipped[1:], np.log(d.posterior_variance[1:]), rtol=1e-15)
 
 
-def test_posterior_variance_cosine_fact7():
+def test_posterior_variance_cosine():
     d = GaussianDiffusion(cosine_betas(1000))
     close(d.posterior_variance[1], 2.17894961e-05, rtol=1e-8)
     close(d.posterior_log_variance_clipped[0], -10.734083, rtol=1e-6)
 
 
-def test_posterior_mean_coefficients_fact8():
+def test_posterior_mean_coefficients():
     d = GaussianDiffusion(linear_betas(1000))
     close(d.posterior_mean_coef1[1], 0.5452915, rtol=1e-6)
-    # METHODS.md §6 fact 8 prints c2 = 0.4547080; the exact value (checked with 40-digit Decimal
-    # arithmetic: (1 - abar_0) sqrt(1 - beta_1) / (1 - abar_1)) is 0.45470849899..., i.e. 0.4547085.
+    # c2 = (1 - abar_0) sqrt(1 - beta_1) / (1 - abar_1) (IDDPM posterior_mean_coef2); checked with
+    # 40-digit Decimal arithmetic: 0.45470849899..., i.e. 0.4547085.
     close(d.posterior_mean_coef2[1], 0.4547085, rtol=1e-6)
 
 
@@ -101,14 +102,14 @@ def test_xstart_eps_roundtrip():
     close(d.predict_eps_from_xstart(xt, t, x0).numpy(), eps.numpy(), atol=1e-9)
 
 
-# ---- fact 9: learned range, fixed variances ----------------------------------------------------
+# ---- learned range (IDDPM §3.1 Eq. 15, p_mean_variance), fixed variances --------------------------
 
 
 def _const_model(out: torch.Tensor):
     return lambda x, t, **kw: out
 
 
-def test_learned_range_endpoints_fact9():
+def test_learned_range_endpoints():
     d = GaussianDiffusion(linear_betas(1000), "eps", "learned_range")
     t = _t([0, 1, 10, 500, 999])
     x = torch.randn(5, 2, 3, dtype=F64)
@@ -184,7 +185,7 @@ def test_discretized_likelihood_edges_and_clamp():
     close(logp[2].item(), math.log(1e-12), rtol=1e-12)  # far bin: clamped at 1e-12
 
 
-# ---- fact 10: hybrid loss ----------------------------------------------------------------------
+# ---- hybrid loss (IDDPM §3.1 Eq. 16, training_losses) -------------------------------------------
 
 
 def _hybrid_setup(T: int, loss_type: str, mean_type: str = "eps"):
@@ -198,7 +199,7 @@ def _hybrid_setup(T: int, loss_type: str, mean_type: str = "eps"):
 
 
 @pytest.mark.parametrize("T,loss_type,factor", [(1000, "mse", 1.0), (1000, "rescaled_mse", 1.0), (4000, "rescaled_mse", 4.0), (4000, "mse", 1.0)])
-def test_hybrid_loss_composition_fact10(T, loss_type, factor):
+def test_hybrid_loss_composition(T, loss_type, factor):
     d, x0, noise, t, out = _hybrid_setup(T, loss_type)
     terms = d.training_losses(_const_model(out), x0, t, noise=noise)
     assert set(terms) == {"loss", "mse", "vb"} and terms["loss"].shape == (4,)
@@ -292,7 +293,7 @@ def test_prior_bpd_is_tiny_for_cosine():
     assert torch.all(d.prior_bpd(x0) < 1e-6) and torch.all(d.prior_bpd(x0) >= 0)
 
 
-# ---- fact 11: importance sampler ---------------------------------------------------------------
+# ---- importance sampler (IDDPM §3.3, resample.py::LossSecondMomentResampler) -----------------------
 
 
 def test_uniform_sampler():
@@ -302,7 +303,7 @@ def test_uniform_sampler():
     assert torch.all(w == 1.0)
 
 
-def test_loss_second_moment_sampler_fact11():
+def test_loss_second_moment_sampler():
     T, H = 8, 10
     s = LossSecondMomentSampler(T)
     assert s.history_per_term == H and s.uniform_prob == 0.001

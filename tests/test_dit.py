@@ -1,4 +1,5 @@
-"""DiT conditioning on timm blocks against METHODS.md §4 and facts 12-15."""
+"""DiT conditioning on timm blocks against facebookresearch/DiT ``models.py`` (``TimestepEmbedder``,
+``DiTBlock``, ``modulate``, ``LabelEmbedder``, ``DiT.initialize_weights``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def small_dit(**kw) -> DiTBackbone:
     return DiTBackbone(**args)
 
 
-def test_timestep_embedding_fact12():
+def test_timestep_embedding():
     e0 = timestep_embedding(torch.tensor([0]))
     assert e0.shape == (1, 256)
     assert torch.equal(e0[0], torch.tensor([1.0] * 128 + [0.0] * 128))  # cos first
@@ -52,7 +53,7 @@ def test_block_composes_timm_and_has_quarter_width_t_mlp():
 
 
 @pytest.mark.parametrize("ratio", [None, 0.25])
-def test_adaln_chunk_order_fact14(ratio):
+def test_adaln_chunk_order(ratio):
     torch.manual_seed(0)
     D = 16
     blk = DiTBlock(D, 2, cond_hidden_ratio=ratio)
@@ -73,7 +74,7 @@ def test_adaln_chunk_order_fact14(ratio):
 
 
 @pytest.mark.parametrize("kw", [{}, {"cond_hidden_ratio": None}, {"num_classes": 10}])
-def test_fresh_dit_outputs_exactly_zero_fact13(kw):
+def test_fresh_dit_outputs_exactly_zero(kw):
     torch.manual_seed(0)
     dit = small_dit(**kw)
     x = torch.randn(4, 3, 8, 8)
@@ -86,7 +87,7 @@ def test_fresh_dit_outputs_exactly_zero_fact13(kw):
     assert torch.equal(dit.encode(x, cond=t), dit.embed(x))
 
 
-def test_label_dropout_null_id_fact15():
+def test_label_dropout_null_id():
     emb = LabelEmbedder(10, 8, dropout_prob=0.1)
     assert emb.embedding_table.num_embeddings == 11 and emb.null_id == 10
     labels = torch.arange(10)

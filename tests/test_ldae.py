@@ -1,4 +1,4 @@
-"""l-DAE / DiT-DDM: loss weights (fact 27), noise, targets, training steps, checkpoint, figures."""
+"""l-DAE / DiT-DDM: loss weights (l-DAE §4.3 Eq. 4), noise, targets, training steps, checkpoint, figures."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def pca():
     return tok
 
 
-def test_pca_direction_weights_1_and_0p1_fact27():
+def test_pca_direction_weights_1_and_0p1():
     w = pca_direction_weights(768, 32)
     assert w.shape == (768,)
     assert torch.all(w[:32] == 1.0) and torch.allclose(w[32:], torch.full((736,), 0.1))

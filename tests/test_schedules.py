@@ -1,4 +1,6 @@
-"""Noise schedules: METHODS.md §1.5-§1.6 and §6 facts 1-6, 27, 30, to float64 precision."""
+"""Noise schedules to float64 precision: IDDPM's (openai/improved-diffusion
+``improved_diffusion/gaussian_diffusion.py``: ``get_named_beta_schedule``, ``betas_for_alpha_bar``;
+reference values computed in float64 from it) and l-DAE's (Chen et al. 2024, §4.1, §4.3, Eqs. 3-4)."""
 
 from __future__ import annotations
 
@@ -21,14 +23,14 @@ from ssl_bench.components.schedules import (
 )
 
 close = np.testing.assert_allclose
-RTOL10 = 1e-9  # facts quoted to 10 significant digits
-RTOL7 = 1e-6  # facts quoted to ~7 significant digits
+RTOL10 = 1e-9  # reference values quoted to 10 significant digits
+RTOL7 = 1e-6  # reference values quoted to ~7 significant digits
 
 
-# ---- facts 1-4: IDDPM cosine -----------------------------------------------------------------
+# ---- IDDPM cosine (IDDPM §3.2, gaussian_diffusion.py::betas_for_alpha_bar) ------------------
 
 
-def test_cosine_T1000_betas_fact1():
+def test_cosine_T1000_betas():
     s = CosineSchedule(1000)
     b = s.betas()
     assert b.dtype == np.float64
@@ -39,7 +41,7 @@ def test_cosine_T1000_betas_fact1():
     assert list(np.flatnonzero(b >= 0.999)) == [999]  # the only clipped value
 
 
-def test_cosine_T1000_alphas_cumprod_fact2():
+def test_cosine_T1000_alphas_cumprod():
     abar = CosineSchedule(1000).alphas_cumprod
     close(abar[0], 0.9999587158, rtol=RTOL10)
     close(abar[499], 0.4938435904, rtol=RTOL10)
@@ -48,14 +50,14 @@ def test_cosine_T1000_alphas_cumprod_fact2():
     close(abar[999], abar[998] * 0.001, rtol=1e-12)
 
 
-def test_cosine_T4000_fact3():
+def test_cosine_T4000():
     s = CosineSchedule(4000)
     close(s.betas()[0], 9.8658188137e-06, rtol=RTOL10)
     assert s.betas()[3999] == 0.999
     close(s.alphas_cumprod[1999], 0.4938435904, rtol=RTOL10)
 
 
-def test_cosine_alpha_bar_is_normalised_by_f0_fact4():
+def test_cosine_alpha_bar_is_normalised_by_f0():
     close(cosine_alpha_bar(0.0), 0.9998445910, rtol=RTOL10)
     T = 1000
     abar = CosineSchedule(T).alphas_cumprod
@@ -64,10 +66,10 @@ def test_cosine_alpha_bar_is_normalised_by_f0_fact4():
     assert not np.allclose(abar[:-1], cosine_alpha_bar((i + 1) / T), rtol=1e-6)
 
 
-# ---- facts 5-6: linear beta ------------------------------------------------------------------
+# ---- linear beta (get_named_beta_schedule("linear"), DiT's default) ------------------------
 
 
-def test_linear_T1000_fact5():
+def test_linear_T1000():
     s = LinearBetaSchedule(1000)
     b, abar = s.betas(), s.alphas_cumprod
     close(b[0], 1e-4, rtol=1e-15)
@@ -76,13 +78,13 @@ def test_linear_T1000_fact5():
     close(abar[499], 0.0785872429, rtol=RTOL10)
     close(abar[999], 4.0358297654e-05, rtol=RTOL10)
     close(math.sqrt(abar[999]), 6.352818e-03, rtol=RTOL7)
-    # §1.5(1) values, quoted to 6 digits
+    # DiT's default schedule, the l-DAE baseline's (Fig. 3): further values, quoted to 6 digits
     close(abar[10], 0.997807, rtol=1e-6)
     close(abar[80], 0.929897, rtol=1e-6)
     close(s.gamma(torch.tensor([999]), torch.float64).numpy(), [6.352818e-03], rtol=RTOL7)
 
 
-def test_linear_T4000_scaling_fact6():
+def test_linear_T4000_scaling():
     b = LinearBetaSchedule(4000).betas()
     close([b[0], b[-1]], [2.5e-5, 5e-3], rtol=1e-14)
 
@@ -114,20 +116,20 @@ def test_gamma2_linear_betas_roundtrip():
     close(np.cumprod(1 - b)[:-1], s.alphas_cumprod[:-1], rtol=1e-10)
 
 
-def test_sigma_linear_range_fact27():
+def test_sigma_linear_range():
     s = SigmaLinearSchedule(1000)
     assert np.all(s.gammas == 1.0)
     assert s.sigmas[0] == 0.0
     close(s.sigmas[-1], math.sqrt(2) * 999 / 1000, rtol=1e-14)
     assert np.all(s.sigmas < math.sqrt(2))
-    close(s.sigmas[10], 0.0141, rtol=3e-3)  # §1.5(3): the probe's t = 10
+    close(s.sigmas[10], 0.0141, rtol=3e-3)  # the probe's t = 10 (l-DAE App. A)
     assert not s.variance_preserving
     s_end = SigmaLinearSchedule(1000, endpoint=True)
     close(s_end.sigmas[-1], math.sqrt(2), rtol=1e-15)
     close(SigmaLinearSchedule(100, sigma_max=1.0).sigmas[50], 0.5, rtol=1e-15)
 
 
-def test_constant_sigma_fact30():
+def test_constant_sigma():
     s = ConstantSigmaSchedule(1000)
     close(s.sigmas, math.sqrt(1 / 3), rtol=1e-15)
     close(s.sigmas[0], 0.57735, rtol=1e-5)
@@ -160,7 +162,7 @@ def test_loss_weight_gamma1_x0_is_inverse_one_plus_sigma2(name):
     assert torch.all(s.loss_weight(t, "eps") == 1.0)
 
 
-def test_loss_weight_values_fact27():
+def test_loss_weight_values():
     s = SigmaLinearSchedule(1000)
     w = s.loss_weight(torch.tensor([0, 500, 999]), "x0", torch.float64).numpy()
     close(w, [1.0, 1 / (1 + 0.5), 1 / (1 + 2 * 0.999**2)], rtol=1e-14)

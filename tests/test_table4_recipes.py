@@ -1,5 +1,6 @@
 """The Table-4 recipes in benchmarks/table4 resolve against their method's config and carry the
-paper's settings (METHODS.md §1.8-1.9, §2.8-2.9, §3.6-3.7); the ViT-B ones build at full size."""
+paper's settings (l-DAE App. A, §5; facebookresearch/mae PRETRAIN.md, main_linprobe.py;
+facebookresearch/moco-v3 CONFIG.md); the ViT-B ones build at full size."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Fitted tokenizers of l-DAE (METHODS.md §1.4): patch PCA, patch AE / VAE, conv VAE, pixel."""
+"""Fitted tokenizers of l-DAE (Chen et al. 2024, §4.1-4.2, Table 2): patch PCA, patch AE / VAE, conv
+VAE, pixel."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Test negative log-likelihood of the DDM in bits/dim (Improved DDPM's metric, METHODS.md §5.4).
+"""Test negative log-likelihood of the DDM in bits/dim (Improved DDPM's metric, Nichol &
+Dhariwal 2021 §3; openai/improved-diffusion ``gaussian_diffusion.py::calc_bpd_loop``).
 
 What is measured, and why it is honest
 --------------------------------------

@@ -80,8 +80,9 @@ class DDM(DenoisingMethod):
         except ValueError as exc:  # GaussianDiffusion validates; name the config keys
             raise ConfigError(f"method.diffusion (var_type / loss_type): {exc}") from None
         if self.diffusion.learn_sigma:
-            # learn_sigma: out_channels = 2 * in_channels (fact 16); DiT init zeroes the new head too,
-            # so a fresh model still outputs exactly 0 (eps = 0, v = 0: geometric-mean variance)
+            # learn_sigma: out_channels = 2 * in_channels (facebookresearch/DiT models.py::DiT); DiT init
+            # zeroes the new head too, so a fresh model still outputs exactly 0 (eps = 0, v = 0:
+            # geometric-mean variance)
             self.out_channels = 2 * self.latent_channels
             head = FinalLayer(self.backbone.embed_dim, 2 * self.backbone.out_dim)
             for lin in (head.adaLN_modulation[-1], head.linear):

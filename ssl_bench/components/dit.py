@@ -1,21 +1,24 @@
-"""DiT-style t-conditioning on timm building blocks (METHODS.md §4, §1.7; facts 12-15).
+"""DiT-style t-conditioning on timm building blocks (Peebles & Xie 2023, facebookresearch/DiT
+``models.py``; the l-DAE change from Chen et al. 2024, App. A).
 
 What is DiT here and what is timm: every block composes timm's own ``Attention`` and ``Mlp``
 (never a fork), and the patch embedding is timm's ``PatchEmbed``. DiT adds only the conditioning
 around them: a sinusoidal timestep embedding, an optional class embedding with a null class, and
 adaLN-Zero modulation (shift / scale / gate per sub-block, zero-initialised, so a fresh model is the
-identity in every block and outputs exactly zero, fact 13).
+identity in every block and outputs exactly zero, DiT ``models.py::DiT.initialize_weights``).
 
-The l-DAE change (METHODS §1.7, UNVERIFIED shape): "each Transformer block accepts an embedding
-network (a two-layer MLP) conditioned on the time step t ... hidden dimension 1/4 of its original
-dimension". Reading chosen here: the shared ``TimestepEmbedder`` (256 -> D -> D, as DiT) produces
-c; each block then maps c through its *own* two-layer MLP ``SiLU -> Linear(D, D/4) -> SiLU ->
-Linear(D/4, 6D)`` in place of DiT's single ``SiLU -> Linear(D, 6D)``. "Original dimension" is read as
-the width D that DiT's conditioning MLP works at. ``cond_hidden_ratio=None`` gives DiT's block exactly;
-the last Linear is zero-initialised in both cases (adaLN-Zero gates kept, DiT's default).
+The l-DAE change (App. A; the exact shape is not stated in the paper, our choice, docs/methods.md
+"Per-block t-MLP"): "each Transformer block accepts an embedding network (a two-layer MLP)
+conditioned on the time step t ... hidden dimension 1/4 of its original dimension". Reading chosen
+here: the shared ``TimestepEmbedder`` (256 -> D -> D, as DiT) produces c; each block then maps c
+through its *own* two-layer MLP ``SiLU -> Linear(D, D/4) -> SiLU -> Linear(D/4, 6D)`` in place of
+DiT's single ``SiLU -> Linear(D, 6D)``. "Original dimension" is read as the width D that DiT's
+conditioning MLP works at. ``cond_hidden_ratio=None`` gives DiT's block exactly; the last Linear is
+zero-initialised in both cases (adaLN-Zero gates kept, DiT's default).
 
 Encoder / decoder: DiT is a plain stack. l-DAE calls the first ``encoder_depth`` blocks the encoder
-(the probed representation) and the remaining ``decoder_depth`` blocks the decoder (§1.7).
+(the probed representation) and the remaining ``decoder_depth`` blocks the decoder (l-DAE §4.1,
+App. A).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ FREQ_DIM = 256  # DiT's frequency_embedding_size
 
 
 def timestep_embedding(t: Tensor | int | float, dim: int = FREQ_DIM, max_period: float = 10000.0) -> Tensor:
-    """DiT / IDDPM sinusoidal embedding, **cos first**: [N] -> [N, dim] (fact 12).
+    """DiT / IDDPM sinusoidal embedding, **cos first**: [N] -> [N, dim] (DiT
+    ``models.py::TimestepEmbedder``, IDDPM ``improved_diffusion/nn.py::timestep_embedding``).
 
     f_k = max_period^(-k / half), k = 0..half-1; emb = [cos(t f), sin(t f)], zero-padded if dim is odd.
     t is the raw step index (DiT does not rescale it), so t=0 gives [1]*half + [0]*half.
@@ -54,7 +58,8 @@ def timestep_embedding(t: Tensor | int | float, dim: int = FREQ_DIM, max_period:
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """x [N, L, D], shift/scale [N, D] -> x (1 + scale) + shift (broadcast over tokens, fact 14)."""
+    """x [N, L, D], shift/scale [N, D] -> x (1 + scale) + shift, broadcast over tokens (DiT
+    ``models.py::modulate``)."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
@@ -75,7 +80,7 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
-    """Class embedding with DiT's classifier-free-guidance dropout (fact 15).
+    """Class embedding with DiT's classifier-free-guidance dropout (DiT ``models.py::LabelEmbedder``).
 
     The table has num_classes + 1 rows when dropout_prob > 0: row ``num_classes`` is the null class.
     During training each label is replaced by the null id with probability ``dropout_prob``, drawn
@@ -110,7 +115,7 @@ class LabelEmbedder(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero block around timm's Attention and Mlp (METHODS §4.3).
+    """adaLN-Zero block around timm's Attention and Mlp (DiT ``models.py::DiTBlock``).
 
     ``cond_hidden_ratio``: None -> DiT's modulation ``SiLU -> Linear(D, 6D)``; a float r -> the
     l-DAE per-block t-MLP ``SiLU -> Linear(D, rD) -> SiLU -> Linear(rD, 6D)`` (r = 1/4 in the paper).
@@ -340,7 +345,8 @@ class DiTBackbone(Backbone):
         y: Tensor | None = None,
     ) -> Tensor:
         """[N, C, H, W] at timestep ``cond`` -> tokens after ``num_blocks`` blocks (default: the
-        encoder half) [N, L, D]. No trailing norm: DiT blocks have none (METHODS §1.9, UNVERIFIED)."""
+        encoder half) [N, L, D]. No trailing norm: DiT blocks have none and l-DAE App. A names
+        none before pooling (our choice, docs/methods.md "Probe")."""
         if ids_keep is not None:
             raise ValueError(f"{self.name} does not take masked (ids_keep) input")
         if cond is None:

@@ -1,7 +1,8 @@
 """Fixed 2-D sin-cos position embeddings (MAE / DiT convention, computed in float64).
 
 First half of the channels encodes the column (w) index, second half the row (h) index; each half
-is [sin block, cos block] with omega_k = 1 / 10000^(k / (D/4)). See METHODS.md section 2.6, fact 19.
+is [sin block, cos block] with omega_k = 1 / 10000^(k / (D/4)). See facebookresearch/mae
+``util/pos_embed.py::get_2d_sincos_pos_embed``.
 """
 
 from __future__ import annotations

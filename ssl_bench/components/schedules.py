@@ -2,20 +2,20 @@
 
 Time is discrete, t in {0, ..., T-1}, as in DDPM/IDDPM/DiT ("t = 0 means one step of noise" for the
 beta schedules). Every schedule is a pair of float64 tables ``gamma[T]`` and ``sigma[T]``: they are
-built once in float64 (so that the published numbers of METHODS.md §6 are reproducible to the last
-digit) and only *cast to the data dtype after indexing*, never before, exactly like IDDPM's
-``_extract_into_tensor``.
+built once in float64 (so that the numbers of the reference code, openai/improved-diffusion
+``improved_diffusion/gaussian_diffusion.py``, are reproducible to the last digit) and only *cast to
+the data dtype after indexing*, never before, exactly like IDDPM's ``_extract_into_tensor``.
 
-The l-DAE deconstruction (METHODS.md §1.5-§1.6) walks through five schedules; all are here:
+The l-DAE deconstruction (Chen et al. 2024, §4.1, §4.3) walks through five schedules; all are here:
 
 =================  ==========================================================  =====================
 name               tables                                                      paper
 =================  ==========================================================  =====================
-``linear``         DDPM linear beta, gamma^2 = alphas_cumprod                  DiT default, §1.5(1)
-``cosine``         IDDPM cosine alpha_bar (s = 0.008, betas clipped at 0.999)   IDDPM, §5.1
-``gamma2-linear``  gamma_t^2 = 1 - (t + offset) / T, sigma^2 = 1 - gamma^2       l-DAE §4.1, §1.5(2)
-``sigma-linear``   gamma = 1, sigma_t = sigma_max * t / T (sigma_max = sqrt 2)   l-DAE §4.3, §1.5(3)
-``constant-sigma`` gamma = 1, sigma = sqrt(1/3) at every t; t fixed for cond.   l-DAE §4.3, §1.5(4)
+``linear``         DDPM linear beta, gamma^2 = alphas_cumprod                  DiT default
+``cosine``         IDDPM cosine alpha_bar (s = 0.008, betas clipped at 0.999)   IDDPM §3.2
+``gamma2-linear``  gamma_t^2 = 1 - (t + offset) / T, sigma^2 = 1 - gamma^2       l-DAE §4.1, Fig. 3
+``sigma-linear``   gamma = 1, sigma_t = sigma_max * t / T (sigma_max = sqrt 2)   l-DAE §4.3
+``constant-sigma`` gamma = 1, sigma = sqrt(1/3) at every t; t fixed for cond.   l-DAE §4.3
 =================  ==========================================================  =====================
 
 Loss weight lambda_t (``NoiseSchedule.loss_weight``), one explicit rule:
@@ -75,7 +75,8 @@ def linear_betas(
 def cosine_alpha_bar(tau: np.ndarray | float, s: float = 0.008) -> np.ndarray:
     """IDDPM's continuous f(tau) = cos^2(((tau + s) / (1 + s)) * pi / 2), tau in [0, 1].
 
-    Note f(0) = 0.99984459... != 1: the discrete alpha_bar_i is f((i+1)/T) / f(0) (METHODS §6 fact 4).
+    Note f(0) = 0.99984459... != 1: the discrete alpha_bar_i is f((i+1)/T) / f(0) (IDDPM
+    ``gaussian_diffusion.py::betas_for_alpha_bar``: its betas 1 - f((i+1)/T) / f(i/T) telescope to it).
     """
     tau = np.asarray(tau, dtype=np.float64)
     return np.cos((tau + s) / (1.0 + s) * math.pi / 2.0) ** 2
@@ -284,7 +285,8 @@ class CosineSchedule(_BetaSchedule):
 class Gamma2LinearSchedule(NoiseSchedule):
     """l-DAE "replace noise schedule": gamma_t^2 decays linearly, sigma_t^2 = 1 - gamma_t^2.
 
-    Discretisation (UNVERIFIED in the paper, METHODS §1.5(2), §7): gamma_t^2 = 1 - (t + offset) / T.
+    Discretisation (not stated in the paper; our choice, docs/methods.md "Noise"):
+    gamma_t^2 = 1 - (t + offset) / T.
     Default ``offset = 1`` gives gamma^2 in [0, 1 - 1/T] = [0, 0.999] for T = 1000, which is exactly
     the paper's stated range "1 > gamma_t^2 >= 0" (never clean, pure noise at t = T-1) and matches
     the DDPM convention that t = 0 is already one step of noise. ``offset = 0`` gives the other
@@ -316,9 +318,10 @@ class Gamma2LinearSchedule(NoiseSchedule):
 class SigmaLinearSchedule(NoiseSchedule):
     """l-DAE "remove input scaling": gamma = 1, sigma linear from 0 to sigma_max = sqrt(2).
 
-    Discretisation (UNVERIFIED, METHODS §1.5(3)): sigma_t = sigma_max * t / T, so sigma_0 = 0 (clean),
-    sigma_10 = 0.0141 (the probe's t) and sigma_{T-1} = sigma_max (1 - 1/T). ``endpoint=True`` uses
-    t / (T - 1) instead so that the last step reaches sigma_max exactly.
+    Discretisation (not stated in the paper; our choice, docs/methods.md "Noise"):
+    sigma_t = sigma_max * t / T, so sigma_0 = 0 (clean), sigma_10 = 0.0141 (the probe's t) and
+    sigma_{T-1} = sigma_max (1 - 1/T). ``endpoint=True`` uses t / (T - 1) instead so that the last
+    step reaches sigma_max exactly.
     Note z_t / sqrt(1 + sigma^2) is variance preserving with gamma'^2 in [1/3, 1]: never pure noise.
     """
 
@@ -344,9 +347,10 @@ class SigmaLinearSchedule(NoiseSchedule):
 class ConstantSigmaSchedule(NoiseSchedule):
     """l-DAE "single noise level": gamma = 1, sigma = sqrt(1/3) for every t.
 
-    How t is conditioned with one level is UNVERIFIED (METHODS §1.5(4)). Our choice: the tables have
-    T entries (so a t-embedding sized for T works unchanged and any t looks up the same sigma), and
-    ``sample_t`` always returns ``t_fixed``, so the network is conditioned on one constant t. Its
+    How t is conditioned with one level is not stated in the paper (§4.3); our choice
+    (docs/methods.md "Noise"): the tables have T entries (so a t-embedding sized for T works
+    unchanged and any t looks up the same sigma), and ``sample_t`` always returns ``t_fixed``, so the
+    network is conditioned on one constant t. Its
     default is the sigma-linear step with the same noise level, round(T * sigma / sqrt 2) (= 408 for
     T = 1000), so that the t-embedding means the same noise level as in the multi-level schedule.
     Probing such a model should condition on ``t_fixed`` too.

@@ -164,11 +164,12 @@ class PatchPCATokenizer(_PatchTokenizer):
     randomly sampled training patches; bases sorted by descending eigenvalue, each row's sign fixed so
     that its largest-magnitude entry is positive (deterministic figures and checkpoints).
 
-    Decisions on METHODS §1.4's open items: patches are sampled from the training split after the
-    method's own normalisation (the same pixels the network sees); mean-centred by default
-    (``center=True``; the mean cancels in the final loss); the projection is orthonormal, *not*
-    whitened. ``latent_scale`` multiplies the latent (1.0 = none, the paper's VV^T = I; ``"auto"`` =
-    1/sqrt(mean of the top-d eigenvalues), i.e. unit average latent variance like DiT's 0.18215).
+    Decisions where §4.2 is silent (docs/methods.md "Tokenizer"): patches are sampled from the
+    training split after the method's own normalisation (the same pixels the network sees);
+    mean-centred by default (``center=True``; the mean cancels in the final loss); the projection is
+    orthonormal, *not* whitened. ``latent_scale`` multiplies the latent (1.0 = none, the paper's
+    VV^T = I; ``"auto"`` = 1/sqrt(mean of the top-d eigenvalues), i.e. unit average latent variance
+    like DiT's 0.18215).
     """
 
     def __init__(
@@ -309,9 +310,10 @@ class PatchVAETokenizer(PatchAETokenizer):
     """Patch-wise linear VAE: mean V (x - mu), log-variance from a second linear map, loss
     ||x - U^T z||^2 + kl_weight * KL[q(z|x) || N(0, I)] with z sampled by reparameterisation.
 
-    The KL weight is not given by the paper (METHODS §1.4, UNVERIFIED). Default 1e-3 per latent
-    dimension relative to a per-value reconstruction mean: small, like LDM's KL-f8 (1e-6 on sums),
-    so the latent stays informative. ``encode`` returns the posterior mean (deterministic tokens).
+    The KL weight is not given by the paper (l-DAE §4.1-4.2; our choice, docs/methods.md
+    "Tokenizer"). Default 1e-3 per latent dimension relative to a per-value reconstruction mean:
+    small, like LDM's KL-f8 (1e-6 on sums), so the latent stays informative. ``encode`` returns the
+    posterior mean (deterministic tokens).
     """
 
     def __init__(
@@ -357,7 +359,8 @@ class PatchVAETokenizer(PatchAETokenizer):
 
 
 class ConvVAETokenizer(Tokenizer):
-    """Small conv VAE (the retrained LDM tokenizer without perceptual / adversarial loss, METHODS §1.4).
+    """Small conv VAE (the retrained LDM tokenizer without perceptual / adversarial loss,
+    l-DAE §4.1 "Deconstruct VQGAN").
 
     Stride scales with the image: ``num_down`` stride-2 convs, as many as possible up to 3 (stride 8
     for 256 px) while the token grid (latent / 2, 2x2 latent patches per token as DiT-L/2) stays at

@@ -1,4 +1,5 @@
-"""Discrete Gaussian diffusion with Improved DDPM's maths (Nichol & Dhariwal 2021; METHODS.md §5).
+"""Discrete Gaussian diffusion with Improved DDPM's maths (Nichol & Dhariwal 2021;
+openai/improved-diffusion ``improved_diffusion/gaussian_diffusion.py``).
 
 This is the "DDM" half of the l-DAE paper: the DiT baseline it deconstructs trains exactly this
 (epsilon prediction, learned-range variance, hybrid loss) on VAE latents. It is pure maths on tensors;
@@ -10,7 +11,8 @@ Conventions (kept identical to IDDPM/DiT so that their numbers carry over):
 * All per-step tables are float64 numpy arrays; they are indexed *first* and cast to the data dtype
   afterwards (``extract``), so float32 training sees the same rounding as the reference code.
 * The channel dimension is dim 1. With learned variance the model returns 2C channels: the first C
-  are the mean output (eps or x0), the last C the interpolation value v (METHODS §5.3).
+  are the mean output (eps or x0), the last C the interpolation value v (IDDPM §3.1 Eq. 15,
+  ``GaussianDiffusion.p_mean_variance``).
 * VLB terms are in bits per dimension (mean over non-batch dims, divided by ln 2).
 """
 

@@ -1,4 +1,5 @@
-"""Timestep samplers for diffusion training (METHODS.md §5.5).
+"""Timestep samplers for diffusion training (Nichol & Dhariwal 2021, §3.3; openai/improved-diffusion
+``improved_diffusion/resample.py``).
 
 Sampling t non-uniformly and re-weighting each sample by 1 / (T p_t) keeps the loss an unbiased
 estimate of the uniform-t objective while lowering its variance. IDDPM needs this to train on L_vlb

@@ -58,8 +58,9 @@ TAG_KEY = "deconstruct"
 PAPER_PATCH_DIM = 768  # 16 x 16 x 3: the token dimension D all of the paper's d values refer to
 TABLE2_DIMS: tuple[int, ...] = (8, 16, 32, 64, 128)
 TABLE2_TOKENIZERS: tuple[str, ...] = ("conv-vae", "patch-vae", "patch-ae", "patch-pca")
-#: Table 2 of the paper (METHODS.md §1.11). None = "–" (the VAE / AE rows have four values; the
-#: blank is placed at d = 128, an inference: METHODS marks the column alignment partly UNVERIFIED).
+#: Table 2 of the paper (arXiv 2401.14404 v1). None = "–" (the VAE / AE rows have four values; the
+#: blank is placed at d = 128, an inference from the optimum being "d is 16 or 32" and Fig. 6 quoting
+#: 64.9 / 64.7: the column alignment of those two rows is not certain from the text).
 PAPER_TABLE2: dict[str, dict[int, float | None]] = {
     "conv-vae": {8: 54.5, 16: 63.4, 32: 62.8, 64: 57.0, 128: 48.1},
     "patch-vae": {8: 58.3, 16: 64.9, 32: 64.8, 64: 56.8, 128: None},
@@ -68,7 +69,7 @@ PAPER_TABLE2: dict[str, dict[int, float | None]] = {
 }
 #: Fig. 5, pixel tokenizer: paper patch size -> (image px, d, accuracy). Only 23.6 % at d = 768 is
 #: stated in the text; 58.5 % is presumably the d = 48 optimum; the other labels (53.0, 44.7, 43.7)
-#: cannot be assigned to d = 12 / 192 from the text (METHODS.md §1.11: UNVERIFIED).
+#: cannot be assigned to d = 12 / 192 from the text (Fig. 5 and §4.2).
 PAPER_FIG5: dict[int, tuple[int, int, float | None]] = {
     16: (256, 768, 23.6),
     8: (128, 192, None),
@@ -216,7 +217,7 @@ def fig5_steps() -> list[Step]:
     """Fig. 5: pixel tokenizer at patch 16/8/4/2 of 256 px, i.e. the backbone patch / 1, 2, 4, 8."""
     steps = []
     for p, (px, d, acc) in PAPER_FIG5.items():
-        note = "" if p == 16 else ("presumably the d = 48 optimum (UNVERIFIED)" if p == 4 else "paper value not assignable (UNVERIFIED)")
+        note = "" if p == 16 else ("presumably the d = 48 optimum (inferred)" if p == 4 else "paper value not assignable from the text")
         steps.append(Step(
             name=f"f5_pixel_p{p}", group="fig5", label=f"pixel tokenizer, {px} px / patch {p} (d = {d})",
             change=f"pixel tokenizer, image and patch / {16 // p}", paper_acc=acc, config="f5_pixel.py",
