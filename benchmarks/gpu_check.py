@@ -72,7 +72,7 @@ DRY_TITLES = {
 }
 #: Seconds per part on the GPU machine (sum 410: with the wrapper's installs, under 8 minutes).
 ALLOTMENT = {"throughput": 120, "data": 60, "knn": 30, "ddp": 50, "fashion": 150}
-METHODS = ("mae", "ldae", "ddm", "mocov3")
+METHOD_NAMES = ("mae", "ldae", "ddm", "mocov3")
 #: Per-GPU batch of the throughput part: the Table-4 recipes' global batches over 8 GPUs are 512
 #: (MAE, MoCo v3) and 256 (l-DAE); these are smaller so that every method fits quickly.
 DEFAULT_BATCH = {"mae": 256, "ldae": 128, "ddm": 128, "mocov3": 128}
@@ -962,7 +962,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="folder for the results file (default: benchmarks/results/, a new temp dir with --dry-run)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--budget", type=float, help="seconds for all parts (default 410; dry run 400)")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHOD_NAMES))
     p.add_argument("--batch", default="", help="per-GPU batch per method, e.g. mae=512,mocov3=256 (default "
                    + ",".join(f"{k}={v}" for k, v in DEFAULT_BATCH.items()) + ")")
     p.add_argument("--steps", type=int, help="timed steps per method (default 10; dry run 2)")
@@ -979,7 +979,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_spec(args: argparse.Namespace, work: Path, device: str, device_name: str) -> dict[str, Any]:
     dry = args.dry_run
-    batch = dict(DEFAULT_BATCH if not dry else {m: 4 for m in METHODS})
+    batch = dict(DEFAULT_BATCH if not dry else {m: 4 for m in METHOD_NAMES})
     for item in filter(None, args.batch.split(",")):
         key, _, value = item.partition("=")
         batch[key.strip()] = int(value)

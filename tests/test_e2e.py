@@ -16,7 +16,7 @@ from ssl_bench.train.checkpoint import CHECKPOINT_NAME
 from ssl_bench.train.distributed import DistContext
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
-METHODS = get_registry().names("method")
+METHOD_NAMES = get_registry().names("method")
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def store(tmp_path):
     return ResultsStore(tmp_path / "results.db")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_method_trains_and_lands_on_leaderboard(method, tiny_cfg, store):
     cfg = tiny_cfg(method)
     out = run_method(method, cfg, store, CPU)

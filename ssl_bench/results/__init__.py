@@ -5,7 +5,7 @@ the leaderboard are always regenerated from it rather than edited by hand.
 """
 
 from .leaderboard import (
-    BASELINE_METHODS,
+    BASELINE_METHOD_NAMES,
     BUILTIN_EVALUATORS,
     HEADLINE_METRICS,
     PAPER_EPOCHS,
@@ -30,7 +30,7 @@ from .store import (
 )
 
 __all__ = [
-    "BASELINE_METHODS",
+    "BASELINE_METHOD_NAMES",
     "BUILTIN_EVALUATORS",
     "HEADLINE_METRICS",
     "PAPER_EPOCHS",

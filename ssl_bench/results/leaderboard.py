@@ -30,7 +30,7 @@ import pandas as pd
 
 from .store import ResultsStore, ResultsStoreError, is_accuracy_metric
 
-BASELINE_METHODS: tuple[str, ...] = ("pixels", "random-init")
+BASELINE_METHOD_NAMES: tuple[str, ...] = ("pixels", "random-init")
 
 KNN_COL = "k-NN top-1 (k=20)"
 LINEAR_COL = "linear top-1"
@@ -114,7 +114,7 @@ class _Entry:
 
     @property
     def baseline(self) -> bool:
-        return self.is_baseline or self.method in BASELINE_METHODS
+        return self.is_baseline or self.method in BASELINE_METHOD_NAMES
 
     def linear(self) -> float | None:
         return self.metrics.get("linear_top1")
@@ -240,7 +240,7 @@ def _metric_value(e: _Entry, name: str) -> float | None:
 def _sort_key(e: _Entry) -> tuple[Any, ...]:
     """Baselines first (pixels, random-init, others), then linear top-1 desc, missing last."""
     lin = e.linear()
-    base_order = BASELINE_METHODS.index(e.method) if e.method in BASELINE_METHODS else 99
+    base_order = BASELINE_METHOD_NAMES.index(e.method) if e.method in BASELINE_METHOD_NAMES else 99
     return (
         0 if e.baseline else 1,
         base_order if e.baseline else 0,
@@ -506,7 +506,7 @@ def build_table4(store: ResultsStore) -> pd.DataFrame:
     methods = _ordered(
         PAPER_TABLE4,
         (m for m, _ in by_key),
-        key=lambda m: (m not in BASELINE_METHODS, m),
+        key=lambda m: (m not in BASELINE_METHOD_NAMES, m),
     )
     backbones = _ordered(PAPER_BACKBONES, (b for _, b in by_key), key=str)
 
