@@ -6,5 +6,6 @@ _base_ = ["./ldae_vit_b.py"]
 
 backbone = dict(name="vit-l", patch_size=16)
 
-# Table 4 uses random crops (paper section 5); the crop scale is UNVERIFIED, MAE's (0.2, 1) is used.
+# Table 4 uses random crops (paper §5); the crop scale is not stated in the paper: MAE's (0.2, 1) and
+# flip (our choice, docs/methods.md).
 method = dict(augment=dict(crop_scale=(0.2, 1.0), flip_p=0.5))

@@ -1,4 +1,5 @@
-# MAE, ViT-B/16, ImageNet-1k, 1600 epochs (METHODS.md §2.8, facts 17-22). Paper linear probe: 68.0 %.
+# MAE, ViT-B/16, ImageNet-1k, 1600 epochs (He et al. 2022; facebookresearch/mae PRETRAIN.md,
+# main_pretrain.py, models_mae.py, main_linprobe.py). Paper linear probe: 68.0 %.
 #   torchrun --nproc_per_node 8 -m ssl_bench.cli run mae --config benchmarks/table4/mae_vit_b.py \
 #       --data-root /path/to/imagenet
 dataset = dict(name="imagenet-1k", data_root=None, image_size=224, num_workers=10)  # --data-root sets data_root

@@ -1,4 +1,5 @@
-# MoCo v3, ViT-B/16, ImageNet-1k: the official recipe (METHODS.md §3.6, facts 23-26; moco-v3 CONFIG.md).
+# MoCo v3, ViT-B/16, ImageNet-1k: the official recipe (Chen, Xie, He 2021, §5; facebookresearch/moco-v3
+# CONFIG.md, main_moco.py, moco/builder.py).
 # Paper linear probe (its own protocol): 76.7 %.
 #   torchrun --nproc_per_node 8 -m ssl_bench.cli run mocov3 --config benchmarks/table4/mocov3_vit_b.py \
 #       --data-root /path/to/imagenet
