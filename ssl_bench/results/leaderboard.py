@@ -439,7 +439,7 @@ def _probe_note(e: _Entry) -> str | None:
     paper: list[str] = []
     data = proto.get("protocol")
     if data != PAPER_PROBE["protocol"]:
-        ours.append("cached features" if data is None else str(data))
+        ours.append("cached features" if data in (None, "cached") else str(data))
         paper.append(str(PAPER_PROBE["protocol"]))
     opt = proto.get("optimizer")
     if opt is not None and str(opt).lower() != PAPER_PROBE["optimizer"]:
