@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pandas as pd
 import torch

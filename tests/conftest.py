@@ -43,3 +43,21 @@ def tiny_cfg(registry, tmp_path):
         )
 
     return make
+
+
+def make_imagefolder(root, classes: int = 2, per_class: int = 6, width: tuple[int, int] = (40, 64), height: tuple[int, int] = (30, 50)):
+    """A small ImageNet-layout folder ``root/{train,val}/class<c>/<i>.jpg`` of random JPEGs of varied
+    sizes (seeded); class c is 1/(c+1) as bright, so a probe has something to find."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                w, h = int(rng.integers(*width)), int(rng.integers(*height))
+                pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8) // (c + 1)
+                Image.fromarray(pixels).save(d / f"{i}.jpg", quality=90)
+    return root

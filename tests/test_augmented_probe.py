@@ -18,12 +18,17 @@ from ssl_bench.errors import ConfigError
 from ssl_bench.eval.augmented_probe import augmented_batch_size, augmented_linear_probe
 from ssl_bench.eval.base import EvalInputError
 from ssl_bench.eval.features import extract_features
-from ssl_bench.eval.linear_probe import LinearProbeEvaluator, LinearProbeProtocol, probe_record
+from ssl_bench.eval.linear_probe import (
+    LinearProbeEvaluator,
+    LinearProbeProtocol,
+    probe_record,
+)
 from ssl_bench.registry import get_registry
 from ssl_bench.results.leaderboard import build_table4
 from ssl_bench.results.store import ResultsStore, RunRecord
 from ssl_bench.runner import evaluate_features, method_config, run_baseline, run_method
 from ssl_bench.train.distributed import DistContext
+from tests.conftest import make_imagefolder
 
 CPU = torch.device("cpu")
 CTX = DistContext(0, 1, 0, CPU)
@@ -196,27 +201,12 @@ def test_runs_on_cuda(digits) -> None:
     assert abs(res.metrics["linear_top1"] - cpu.metrics["linear_top1"]) < 0.05
 
 
-def _imagefolder(root: Path, n_per_class: int = 8, classes: int = 2) -> Path:
-    """JPEGs of different sizes in the ImageNet layout (the folder path crops in the loader)."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n_per_class):
-                w, h = int(rng.integers(40, 64)), int(rng.integers(30, 50))
-                pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8) // (c + 1)  # classes differ in brightness
-                Image.fromarray(pixels).save(d / f"{i}.jpg", quality=90)
-    return root
 
 
 def test_folder_split_crops_in_the_loader_from_the_full_image(tmp_path) -> None:
     from ssl_bench.data.datasets import load_imagefolder
 
-    ds = load_imagefolder(str(_imagefolder(tmp_path / "data")), image_size=32, num_workers=0)
+    ds = load_imagefolder(str(make_imagefolder(tmp_path / "data", per_class=8)), image_size=32, num_workers=0)
     seen: list[Tensor] = []
 
     def fn(x: Tensor) -> Tensor:  # [B, 3, 32, 32] -> [B, 4]: mean and std per image, plus two fixed pixels

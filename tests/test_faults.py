@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import make_imagefolder
+
 BIN = Path(sys.executable).parent
 TINY = [
     "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "dataset.limit_train=256", "dataset.limit_test=128",
@@ -122,18 +124,6 @@ def test_config_file_syntax_error_is_file_and_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def _imagefolder(root: Path, classes: int, per_class: int = 4) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
-    return root
 
 
 @pytest.mark.parametrize("case,flags,expected", [
@@ -143,7 +133,7 @@ def _imagefolder(root: Path, classes: int, per_class: int = 4) -> Path:
 ])
 def test_datasets_that_cannot_give_a_meaningful_number_are_refused(tmp_path, case, flags, expected):
     if flags == "imagefolder":
-        data = _imagefolder(tmp_path / "one", classes=1)
+        data = make_imagefolder(tmp_path / "one", classes=1)
         proc = cli(*RUN, "--dataset", "imagefolder", "--data-root", str(data), "--set", *TINY, "dataset.image_size=16",
                    "dataset.num_workers=0", "dataset.limit_train=None", "dataset.limit_test=None", cwd=tmp_path)
     else:
@@ -153,7 +143,7 @@ def test_datasets_that_cannot_give_a_meaningful_number_are_refused(tmp_path, cas
 
 
 def test_set_dataset_image_size_works(tmp_path):
-    data = _imagefolder(tmp_path / "two", classes=2, per_class=12)
+    data = make_imagefolder(tmp_path / "two", classes=2, per_class=12)
     proc = cli(*RUN, "--dataset", "imagefolder", "--data-root", str(data), "--epochs", "1", "--set", *TINY,
                "dataset.image_size=32", "dataset.num_workers=0", "dataset.limit_train=None", "dataset.limit_test=None",
                "eval.knn.ks=(10,20)", cwd=tmp_path)

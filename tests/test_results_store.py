@@ -723,7 +723,7 @@ def test_damaged_row_is_one_line_naming_the_run(tmp_path: Path, sql: str, column
             with pytest.raises(ResultsStoreError) as info:
                 read(s) if read in (build_leaderboard, build_table4) else read()
             msg = str(info.value)
-            assert "\n" not in msg and f"run 2 (runs/moco-s0)" in msg and column in msg
+            assert "\n" not in msg and "run 2 (runs/moco-s0)" in msg and column in msg
             assert str(path) in msg and "Fix:" in msg
         assert s.get_run(1).method == "mae"  # other rows still read
 

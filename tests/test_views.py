@@ -5,29 +5,18 @@ takes the pre-cropped views [N, V, C, S, S] without cropping again."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ssl_bench.data.crops import CropSpec
 from ssl_bench.registry import get_registry
 from ssl_bench.runner import build_method, load_dataset, method_config
+from tests.conftest import make_imagefolder
 
 REG = get_registry()
 TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2"]
 
 
-def _imagefolder(root, n_per_class: int = 6, classes: int = 2):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n_per_class):
-                w, h = int(rng.integers(40, 60)), int(rng.integers(30, 50))
-                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(d / f"{i}.jpg", quality=90)
-    return root
 
 
 @pytest.mark.parametrize("method,expected", [
@@ -45,7 +34,7 @@ def test_each_method_names_the_papers_crops(method, expected):
 
 @pytest.mark.parametrize("method", ["mae", "ldae", "mocov3"])
 def test_folder_training_gets_precropped_views(method, tmp_path):
-    root = _imagefolder(tmp_path / "data")
+    root = make_imagefolder(tmp_path / "data")
     cfg = method_config(method, REG, cli={"backbone.name": "vit-nano", "dataset.name": "imagefolder", "dataset.data_root": str(root)},
                         set_items=[*TINY, "dataset.image_size=32", "dataset.num_workers=0", "eval.knn.ks=(5,)",
                                    "method.tokenizer.num_samples=500" if method == "ldae" else "seed=0"])

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))

@@ -26,7 +26,7 @@ tokens).
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
