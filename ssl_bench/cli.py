@@ -70,12 +70,29 @@ def _resume_config(method: str, args: argparse.Namespace, cli: dict[str, Any], r
     return cfg
 
 
+class _OpenOnUse:
+    """The results store, opened (and runs whose process is gone marked interrupted) on first use:
+    a command refused before it records anything leaves no results file behind."""
+
+    def __init__(self, path: Path) -> None:
+        self._path, self._store = path, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._store is None:
+            from ssl_bench.results.store import ResultsStore
+
+            self._store = ResultsStore(self._path)
+            stale = self._store.mark_stale_runs()
+            if stale:
+                log.info("marked run(s) %s as interrupted: their process is gone", ", ".join(map(str, stale)))
+        return getattr(self._store, name)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from ssl_bench.registry import get_registry
     from ssl_bench.results.leaderboard import build_leaderboard, render
-    from ssl_bench.results.store import ResultsStore
     from ssl_bench.runner import load_dataset, method_config, run_baseline, run_method, validate_dataset
     from ssl_bench.train.distributed import init_distributed
 
@@ -97,12 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for cfg in cfgs.values():
         validate_dataset(dataset, cfg)
     ctx = init_distributed(first.train.device)
-    store = None
-    if ctx.is_main:
-        store = ResultsStore(results_path(args))
-        stale = store.mark_stale_runs()
-        if stale:
-            log.info("marked run(s) %s as interrupted: their process is gone", ", ".join(map(str, stale)))
+    store = _OpenOnUse(results_path(args)) if ctx.is_main else None  # a refused build creates no store file
     for method, cfg in cfgs.items():
         if ctx.is_main:
             log.info("== %s on %s, backbone %s, %d epochs, device %s ==", method, cfg.dataset.name, cfg.backbone.name, cfg.train.epochs, ctx.device)
