@@ -115,17 +115,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         validate_dataset(dataset, cfg)
     ctx = init_distributed(first.train.device)
     store = _OpenOnUse(results_path(args)) if ctx.is_main else None  # a refused build creates no store file
+    run_dirs = {}
     for method, cfg in cfgs.items():
         if ctx.is_main:
             log.info("== %s on %s, backbone %s, %d epochs, device %s ==", method, cfg.dataset.name, cfg.backbone.name, cfg.train.epochs, ctx.device)
-        run_method(method, cfg, store, ctx, dataset=dataset, resume=args.resume, registry=registry)
+        run_dirs[method] = run_method(method, cfg, store, ctx, dataset=dataset, resume=args.resume, registry=registry).run_dir
     if not args.no_baselines:  # every rank takes part: each extracts its shard of the features
         for name in first.eval.baselines:
             run_baseline(name, first, store, dataset, ctx.device, registry=registry, ctx=ctx)
         if "random-init" in first.eval.baselines:  # methods whose own untrained network is the honest baseline
             for method, cfg in cfgs.items():
                 if getattr(registry.get("method", method), "own_random_init", False):
-                    run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method, ctx=ctx)
+                    run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method, ctx=ctx,
+                                 tokenizer_from=run_dirs[method])
     if not ctx.is_main:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -413,7 +413,7 @@ def _stored_baseline(store: ResultsStore, name: str, identity: str) -> int | Non
 
 def run_baseline(
     name: str, cfg: Any, store: ResultsStore | None, dataset: Any, device: torch.device, registry: Registry | None = None,
-    method: str | None = None, ctx: DistContext | None = None,
+    method: str | None = None, ctx: DistContext | None = None, tokenizer_from: str | Path | None = None,
 ) -> RunOutcome:
     """`pixels` (raw normalised pixels) or `random-init`, scored by the same evaluators.
 
@@ -427,6 +427,9 @@ def run_baseline(
     ``ctx``: None (one process, the usual call) or, under torchrun, every rank's context: then every
     rank must call it, each extracts its shard of the features (and of the augmented probe's
     batches), and only the main rank touches ``store`` (None elsewhere) and returns the metrics.
+    ``tokenizer_from``: the run directory of the same config's trained run; its checkpoint's fitted
+    tokenizer is loaded instead of fitting it again (fitting is deterministic for a seed, so this is
+    the same tokenizer, without refitting e.g. a conv VAE).
     """
     registry = registry or get_registry()
     main = ctx is None or ctx.is_main
@@ -458,7 +461,8 @@ def run_baseline(
         feature = {"feature": f"untrained {cfg.backbone.name} (timm init, seed {cfg.seed}), {pool} token after final norm"}
     else:
         model = build_method(cfg, registry, dataset.info).to(device)
-        model.prepare(dataset.train, torch.Generator(device=device).manual_seed(cfg.seed))  # the tokenizer, as the run fits it
+        if not _load_fitted_tokenizer(model, tokenizer_from):
+            model.prepare(dataset.train, torch.Generator(device=device).manual_seed(cfg.seed))  # the tokenizer, as the run fits it
         model.eval()
         fn = model.probe_features
         feature = {"feature": f"untrained {own} network (seed {cfg.seed}, tokenizer fitted, no gradient step)", "probe": model.probe_protocol()}
@@ -489,6 +493,24 @@ def run_baseline(
     metrics = _flat(results)
     log.info("%s: %s", label, _summary(metrics))
     return RunOutcome(label, run_dir, run_id, metrics)
+
+
+def _load_fitted_tokenizer(model: Method, run_dir: str | Path | None) -> bool:
+    """Load ``model.tokenizer``'s fitted state from ``run_dir``'s checkpoint; False when there is
+    nothing to load (no run dir, no checkpoint, a method without a fitted tokenizer, a mismatch)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if run_dir is None or tokenizer is None or not getattr(tokenizer, "needs_fit", False):
+        return False
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    state = load_checkpoint(path)["model"]
+    prefix = "tokenizer."
+    try:
+        tokenizer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    except (RuntimeError, ValueError, KeyError):
+        return False
+    return True
 
 
 def load_trained_method(run_dir: str | Path, registry: Registry | None = None) -> tuple[Any, Any, Method]:

@@ -110,3 +110,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg, store, m
     assert len(ckpts) == 1 and torch.load(ckpts[0], weights_only=True)["epoch"] == 1
     runs = store.runs_frame()
     assert runs.iloc[-1]["status"] == "failed"
+
+
+def test_own_random_init_reuses_the_runs_fitted_tokenizer(tiny_cfg, tmp_path, monkeypatch):
+    """`random-init:ldae` is ldae's own network untrained with the run's tokenizer: loaded from the
+    trained run's checkpoint it equals a fresh fit (deterministic for the seed), without refitting."""
+    cfg = tiny_cfg("ldae", "train.epochs=1")
+    dataset = load_dataset(cfg, get_registry())
+    trained = run_method("ldae", cfg, ResultsStore(tmp_path / "a.db"), CPU, dataset=dataset)
+    fitted = run_baseline("random-init", cfg, ResultsStore(tmp_path / "b.db"), dataset, CPU.device, method="ldae")
+    from ssl_bench_plugins.ldae.method import LDAE
+
+    def no_refit(self, *args, **kwargs):
+        raise AssertionError("the tokenizer was fitted again")
+
+    monkeypatch.setattr(LDAE, "prepare", no_refit)
+    loaded = run_baseline("random-init", cfg, ResultsStore(tmp_path / "c.db"), dataset, CPU.device, method="ldae",
+                          tokenizer_from=trained.run_dir)
+    assert loaded.method == fitted.method == "random-init:ldae"
+    assert loaded.metrics == fitted.metrics, (loaded.metrics, fitted.metrics)

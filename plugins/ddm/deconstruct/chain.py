@@ -439,9 +439,10 @@ def run_chain(
             extra = f" (also {', '.join(names[1:])})" if len(names) > 1 else ""
             log.info("== deconstruct %s%s: %s, %s ==", first.name, extra, first.config, first.change)
         try:
-            run_method(CHAIN_METHOD, cfg, store, ctx, dataset=dataset, registry=registry)
+            trained = run_method(CHAIN_METHOD, cfg, store, ctx, dataset=dataset, registry=registry)
             if random_init:  # every rank: each extracts its shard of the untrained network's features
-                run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=CHAIN_METHOD, ctx=ctx)
+                run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=CHAIN_METHOD, ctx=ctx,
+                             tokenizer_from=trained.run_dir)  # the run's fitted tokenizer, not fitted again
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
