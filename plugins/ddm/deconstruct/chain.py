@@ -88,7 +88,7 @@ NEEDS_GAN = "needs a GAN (the VQGAN's adversarial loss): not run; we start from 
 
 @dataclass(frozen=True)
 class ConfigFile:
-    """One file of ``benchmarks/deconstruct/``: its ``_base_`` and the keys it changes (dotted)."""
+    """One file of ``configs/``: its ``_base_`` (a file of the chain, or the ddm defaults) and the keys it changes (dotted)."""
 
     name: str
     base: str  # a file name in the chain dir, or ROOT_BASE (relative to the chain dir)
