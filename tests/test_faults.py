@@ -355,6 +355,55 @@ def test_leaderboard_refuses_a_zero_byte_or_foreign_store_and_leaves_it(tmp_path
     assert foreign.read_bytes() == data
 
 
+def _read_only_mount_works(probe: Path) -> bool:
+    """Whether ``unshare -rm`` may bind-mount a folder read-only here (user + mount namespaces).
+
+    A real read-only file system, unlike chmod, also binds root (CI runs as root)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    probe.mkdir()
+    try:
+        proc = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", f"mount --bind -o ro {probe} {probe} && ! touch {probe}/x 2>/dev/null"],
+            capture_output=True, timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and not (probe / "x").exists()
+
+
+def test_read_only_media_leaderboard_reads_and_every_writer_is_one_line(finished, tmp_path):
+    """The out folder on a read-only file system (a bind mount in a private namespace): the
+    leaderboard works; run, resume and eval each refuse in one line; nothing changes."""
+    if not _read_only_mount_works(tmp_path / "probe"):
+        pytest.skip("no unprivileged read-only bind mount here (unshare -rm)")
+    root = _copy(finished, tmp_path / "w")
+    before = snapshot(root)
+    run_dir = "runs/digits/vit-nano/mae-s0"
+    commands = {
+        "leaderboard": ["leaderboard", "--out", "runs"],
+        "run": [*RUN, "--epochs", "1", "--set", *TINY],
+        "resume": ["run", "mae", "--backbone", "vit-nano", "--out", "runs", "--resume"],
+        "eval": ["eval", run_dir, "--out", "runs"],
+    }
+    results = {}
+    for name, args in commands.items():
+        argv = " ".join(f"'{a}'" for a in [str(BIN / "ssl-bench"), *args])
+        results[name] = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", f"mount --bind -o ro '{root}' '{root}' && cd '{root}' && exec {argv}"],
+            capture_output=True, text=True, env=_env(), timeout=600,
+        )
+    lb = results.pop("leaderboard")
+    assert lb.returncode == 0, lb.stderr[-2000:]
+    assert "| mae " in lb.stdout and "| pixels " in lb.stdout
+    for name, proc in results.items():
+        line = one_line_error(proc)
+        assert "read-only" in line.lower() and "Fix:" in line, (name, line)
+    assert snapshot(root) == before
+
+
 def test_a_damaged_row_is_one_line_naming_the_run(finished, tmp_path):
     root = _copy(finished, tmp_path / "w")
     con = sqlite3.connect(root / "runs" / "results.db")
