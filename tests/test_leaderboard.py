@@ -156,6 +156,65 @@ def test_table4_probe_note_joins_the_setting_note(store: ResultsStore) -> None:
     assert t.loc["pixels", "notes"] == "not in paper Table 4"  # no paper row to compare a probe with
 
 
+# -- runs on different data are never shown side by side as one comparison ------------------
+
+
+def _data_run(store: ResultsStore, method: str, linear: float, dataset_cfg: dict[str, Any],
+              dataset: str = "digits", epochs: int = 1, baseline: bool = False) -> int:
+    rid = store.add_run(RunRecord(method=method, backbone="vit-nano", dataset=dataset, epochs=epochs, seed=0,
+                                  is_baseline=baseline, run_dir=f"runs/{method}-{len(store.runs_frame())}",
+                                  config_json={"dataset": {"name": dataset, **dataset_cfg}}))
+    store.finish_run(rid, {"linear": ({"linear_top1": linear}, {})}, wall_time_s=1.0)
+    return rid
+
+
+def test_runs_on_different_data_settings_are_kept_apart_with_their_own_baselines(store: ResultsStore) -> None:
+    """A model trained on 1,000 images must not sit beside baselines scored on 200 (the
+    latest baselines): each data setting keeps its own rows, named by the setting."""
+    big = {"limit_train": 1000, "limit_test": 128, "data_root": None}
+    small = {"limit_train": 200, "limit_test": 128, "data_root": None}
+    _data_run(store, "mae", 0.50, big)
+    _data_run(store, "pixels", 0.84, big, baseline=True)
+    _data_run(store, "mocov3", 0.10, small)
+    _data_run(store, "pixels", 0.69, small, baseline=True)
+    df = build_leaderboard(store)
+    assert df[["method", "dataset", LINEAR_COL]].values.tolist() == [
+        ["pixels", "digits (limit_train=1000)", 84.0],
+        ["mae", "digits (limit_train=1000)", 50.0],
+        ["pixels", "digits (limit_train=200)", 69.0],
+        ["mocov3", "digits (limit_train=200)", 10.0],
+    ]
+
+
+def test_settings_that_cannot_change_the_images_do_not_split_a_dataset(store: ResultsStore) -> None:
+    _data_run(store, "pixels", 0.80, {"limit_train": None, "data_root": "/a", "num_workers": 2}, baseline=True)
+    _data_run(store, "pixels", 0.81, {"limit_train": None, "data_root": "/b", "num_workers": 8, "download": False},
+              baseline=True)
+    _data_run(store, "mae", 0.5, {"limit_train": None})
+    _data_run(store, "mae", 0.6, {"limit_train": None, "image_size": 32}, dataset="fashion-mnist")
+    df = build_leaderboard(store)
+    assert df[["method", "dataset", LINEAR_COL]].values.tolist() == [
+        ["pixels", "digits", 81.0], ["mae", "digits", 50.0], ["mae", "fashion-mnist", 60.0],
+    ]  # one setting per dataset: the plain name; the latest pixels run of the one digits setting
+
+
+def test_table4_notes_an_imagenet_subset_and_prefers_the_whole_dataset(store: ResultsStore) -> None:
+    probe = dict(PAPER_PROBE)
+    rid = store.add_run(RunRecord(method="mae", backbone="vit-b", dataset="imagenet-1k", epochs=1600, seed=0,
+                                  run_dir="runs/a", config_json={"dataset": {"name": "imagenet-1k", "limit_train": None}}))
+    store.finish_run(rid, {"linear": ({"linear_top1": 0.68}, probe)})
+    rid = store.add_run(RunRecord(method="mae", backbone="vit-b", dataset="imagenet-1k", epochs=1600, seed=0,
+                                  run_dir="runs/b", config_json={"dataset": {"name": "imagenet-1k", "limit_train": 10000}}))
+    store.finish_run(rid, {"linear": ({"linear_top1": 0.30}, probe)})
+    t = build_table4(store).set_index("method")
+    assert (t.loc["mae", "vit-b ours"], t.loc["mae", "notes"]) == (68.0, "")  # the whole-data run, though older
+    rid = store.add_run(RunRecord(method="ldae", backbone="vit-b", dataset="imagenet-1k", epochs=1600, seed=0,
+                                  run_dir="runs/c", config_json={"dataset": {"name": "imagenet-1k", "limit_train": 10000}}))
+    store.finish_run(rid, {"linear": ({"linear_top1": 0.30}, probe)})
+    assert build_table4(store).set_index("method").loc["ldae", "notes"] == (
+        "ours: imagenet-1k subset (limit_train=10000), 1600 ep; paper: ImageNet-1k, 1600 ep")
+
+
 # -- read-only -------------------------------------------------------------------------
 
 

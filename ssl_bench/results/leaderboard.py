@@ -6,8 +6,11 @@ reflected without anyone editing a markdown file by hand.
 
 Two views:
 
-* :func:`build_leaderboard` - one row per (method, backbone, dataset), using the
-  latest finished run, baselines (pixels / random-init) first. The built-in
+* :func:`build_leaderboard` - one row per (method, backbone, dataset, data settings), using
+  the latest finished run, baselines (pixels / random-init) first. Runs on the same dataset
+  with different data settings (e.g. ``dataset.limit_train``) are kept apart, each beside the
+  baselines of its own data, and the dataset cell names the setting that differs, so a model
+  trained and scored on 1,000 images is never shown next to baselines scored on 200. The built-in
   evaluators' headline metrics have fixed columns; every other evaluator (a
   third-party plugin) gets a column per metric, or per name in its protocol
   record's ``"headline"``, so a new evaluator shows up without editing this file.
@@ -88,6 +91,13 @@ _BACKBONE_ALIASES = {
     "vit-l/16": "vit-l",
 }
 RENDER_FORMATS: tuple[str, ...] = ("md", "csv", "html")
+#: Dataset options that cannot change which images a run trains and is scored on: where the
+#: files are, how many loader processes read them, whether a missing copy may be downloaded
+#: (the same keys a resume may change, ``ssl_bench.runner``). Every other dataset option
+#: (``limit_train``, ``image_size``, a plugin dataset's own options) tells data apart.
+DATA_KEYS_NOT_CHANGING_IMAGES: frozenset[str] = frozenset({"name", "data_root", "num_workers", "download"})
+#: Options that take a subset of the dataset: a run with one set is not on the paper's data.
+SUBSET_KEYS: tuple[str, ...] = ("limit_train", "limit_test")
 
 
 # -- selection -----------------------------------------------------------------------
@@ -111,6 +121,12 @@ class _Entry:
     metrics: dict[str, float | None] = field(default_factory=dict)
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluators: dict[str, str] = field(default_factory=dict)  # metric -> evaluator that wrote it
+    data: tuple[tuple[str, str], ...] = ()  # data settings (data_settings), values as JSON text
+
+    def subset(self) -> dict[str, Any]:
+        """The subset options this run set (``limit_train`` / ``limit_test`` not None)."""
+        settings = {k: json.loads(v) for k, v in self.data}
+        return {k: settings[k] for k in SUBSET_KEYS if settings.get(k) is not None}
 
     @property
     def baseline(self) -> bool:
@@ -128,6 +144,22 @@ def _none(v: Any) -> Any:
         return None if pd.isna(v) else v
     except (TypeError, ValueError):
         return v
+
+
+def data_settings(config: Any) -> tuple[tuple[str, str], ...]:
+    """A run's dataset options that decide its images, as sorted ``(key, JSON value)`` pairs.
+
+    ``config`` is the run's stored config (dict or JSON text). Two runs whose numbers may be
+    set side by side have equal settings; see :data:`DATA_KEYS_NOT_CHANGING_IMAGES`.
+    """
+    if isinstance(config, str):
+        config = json.loads(config or "{}")
+    dataset = (config or {}).get("dataset") or {}
+    if not isinstance(dataset, dict):
+        return ()
+    return tuple(
+        sorted((k, json.dumps(v, sort_keys=True)) for k, v in dataset.items() if k not in DATA_KEYS_NOT_CHANGING_IMAGES)
+    )
 
 
 def finished_runs(store: ResultsStore, dataset: str | None = None, backbone: str | None = None) -> pd.DataFrame:
@@ -175,15 +207,16 @@ def metrics_by_run(
 def _latest_finished(
     store: ResultsStore, dataset: str | None = None, backbone: str | None = None
 ) -> list[_Entry]:
-    """Latest finished run per (method, backbone, dataset); ties broken by run id."""
+    """Latest finished run per (method, backbone, dataset, data settings); ties broken by run id."""
     runs = finished_runs(store, dataset, backbone)
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for rec in runs.to_dict("records"):
-        key = (rec["method"], _none(rec["backbone"]), _none(rec["dataset"]))
+        data = data_settings(_none(rec["config_json"]))
+        key = (rec["method"], _none(rec["backbone"]), _none(rec["dataset"]), data)
         when = _none(rec["finished_at"]) or rec["created_at"]
         rank = (when, int(rec["id"]))
         if key not in latest or rank > latest[key]["_rank"]:
-            latest[key] = {**rec, "_rank": rank}
+            latest[key] = {**rec, "_rank": rank, "_data": data}
 
     entries = {
         int(r["id"]): _Entry(
@@ -198,6 +231,7 @@ def _latest_finished(
             uses_labels=bool(r["uses_labels"]),
             is_baseline=bool(r["is_baseline"]),
             run_dir=_none(r["run_dir"]),
+            data=r["_data"],
         )
         for r in latest.values()
     }
@@ -238,10 +272,13 @@ def _metric_value(e: _Entry, name: str) -> float | None:
 
 
 def _sort_key(e: _Entry) -> tuple[Any, ...]:
-    """Baselines first (pixels, random-init, others), then linear top-1 desc, missing last."""
+    """Per dataset and data settings: baselines first (pixels, random-init, others), then
+    linear top-1 desc, missing last."""
     lin = e.linear()
     base_order = BASELINE_METHOD_NAMES.index(e.method) if e.method in BASELINE_METHOD_NAMES else 99
     return (
+        e.dataset or "",
+        e.data,
         0 if e.baseline else 1,
         base_order if e.baseline else 0,
         lin is None,
@@ -253,6 +290,36 @@ def _sort_key(e: _Entry) -> tuple[Any, ...]:
 
 
 # -- leaderboard ---------------------------------------------------------------------
+
+
+def _dataset_labels(entries: list[_Entry]) -> dict[int, str]:
+    """run id -> dataset cell: the name, plus the data settings that differ where one dataset
+    appears with more than one (``digits (limit_train=1000)`` beside ``digits (limit_train=200)``),
+    written as the ``--set dataset.KEY=VALUE`` values that select them."""
+    variants: dict[str | None, set[tuple[tuple[str, str], ...]]] = {}
+    for e in entries:
+        variants.setdefault(e.dataset, set()).add(e.data)
+    labels = {}
+    for e in entries:
+        name = e.dataset or ""
+        others = variants[e.dataset]
+        if len(others) > 1:
+            values = [dict(d) for d in others]
+            keys = sorted({k for v in values for k in v})
+            differing = [k for k in keys if len({v.get(k) for v in values}) > 1]
+            mine = dict(e.data)
+            shown = ", ".join(f"{k}={_setting_text(mine.get(k))}" for k in differing)
+            name = f"{name} ({shown})"
+        labels[e.run_id] = name
+    return labels
+
+
+def _setting_text(value_json: str | None) -> str:
+    """A stored setting as ``--set`` would take it (None when the run did not set it)."""
+    if value_json is None:
+        return "None"
+    value = json.loads(value_json)
+    return "None" if value is None else str(value)
 
 
 def _sig4(v: float) -> float:
@@ -364,12 +431,13 @@ def build_leaderboard(
     reserved = set(fixed) | set(tail) | set(HEADLINE_METRICS.values())
     reserved |= {c for c, _ in QUALIFIER_COLUMNS.values()}
     extras = _extra_columns(entries, reserved, store.path)
+    dataset_labels = _dataset_labels(entries)
     rows = []
     for e in entries:
         row: dict[str, Any] = {
             "method": e.method,
             "backbone": e.backbone,
-            "dataset": e.dataset,
+            "dataset": dataset_labels[e.run_id],
             "epochs": e.epochs,
         }
         for name in shown:
@@ -466,9 +534,13 @@ def _setting_note(method: str, backbone: str, e: _Entry) -> str | None:
     notes = []
     paper_ep = PAPER_EPOCHS[method]
     paper_bb = backbone in PAPER_BACKBONES
-    if not (_is_imagenet1k(e.dataset) and e.epochs == paper_ep and paper_bb):
+    subset = e.subset()
+    if not (_is_imagenet1k(e.dataset) and not subset and e.epochs == paper_ep and paper_bb):
         ours = [] if paper_bb else [f"{e.backbone}"]
-        ours += [e.dataset or "?", _ep(e.epochs)]
+        data = e.dataset or "?"
+        if subset:
+            data += " subset (" + ", ".join(f"{k}={v}" for k, v in subset.items()) + ")"
+        ours += [data, _ep(e.epochs)]
         paper = [] if paper_bb else ["ViT-B/ViT-L"]
         paper += [PAPER_DATASET, _ep(paper_ep)]
         notes.append(f"ours: {', '.join(ours)}; paper: {', '.join(paper)}")
@@ -479,11 +551,11 @@ def _setting_note(method: str, backbone: str, e: _Entry) -> str | None:
 
 
 def _pick(cands: list[_Entry]) -> _Entry | None:
-    """Prefer an ImageNet-1k run (the paper's setting), then one with a linear
-    probe, then the most recent."""
+    """Prefer an ImageNet-1k run (the paper's setting), then one on the whole dataset (no
+    ``limit_train`` / ``limit_test``), then one with a linear probe, then the most recent."""
     if not cands:
         return None
-    return max(cands, key=lambda e: (_is_imagenet1k(e.dataset), e.linear() is not None, e.run_id))
+    return max(cands, key=lambda e: (_is_imagenet1k(e.dataset), not e.subset(), e.linear() is not None, e.run_id))
 
 
 def _ordered(first: Iterable[str], present: Iterable[str], key: Callable[[str], Any]) -> list[str]:
