@@ -198,6 +198,43 @@ def test_settings_that_cannot_change_the_images_do_not_split_a_dataset(store: Re
     ]  # one setting per dataset: the plain name; the latest pixels run of the one digits setting
 
 
+def _probed(store: ResultsStore, method: str, linear: float, epochs: int, baseline: bool = False,
+            knn_only: bool = False) -> int:
+    """A run scored by the real evaluators' records (linear: MAE's probe settings; k-NN: T = 0.07)."""
+    rid = store.add_run(RunRecord(method=method, backbone="vit-nano", dataset="digits", epochs=1, seed=0,
+                                  is_baseline=baseline, run_dir=f"runs/{method}-{len(store.runs_frame())}",
+                                  config_json={"dataset": {"name": "digits", "limit_train": None}}))
+    knn = {"knn": ({"knn_top1": 0.4}, {"headline_k": 20, "ks": [10, 20], "temperature": 0.07, "normalisation": "l2",
+                                       "n_train": 1437, "device": "cpu"})}
+    probe = {"protocol": "cached", "optimizer": "sgd", "epochs": epochs, "warmup_epochs": 1, "blr": 0.1,
+             "batch_size_requested": 256, "batch_size": 256, "lr": 0.1, "lr_rule": "blr * batch_size / 256",
+             "seed": len(store.runs_frame()), "device": "cpu", "n_train": 1437, "total_steps": 5 * epochs}
+    results = knn if knn_only else {**knn, "linear": ({"linear_top1": linear}, probe)}
+    store.finish_run(rid, results, wall_time_s=1.0)
+    return rid
+
+
+def test_runs_scored_with_different_probe_settings_are_kept_apart(store: ResultsStore) -> None:
+    """A 90-epoch probe beside pixels probed for 3 epochs (the latest baseline) is no comparison:
+    each probe setting keeps its own rows; a run without that probe joins the rows it agrees with."""
+    _probed(store, "mae", 0.60, epochs=90)
+    _probed(store, "pixels", 0.96, epochs=90, baseline=True)
+    _probed(store, "mocov3", 0.30, epochs=3)
+    _probed(store, "pixels", 0.70, epochs=3, baseline=True)
+    _probed(store, "simclr", 0.0, epochs=0, knn_only=True)
+    df = build_leaderboard(store)
+    rows = df[["method", "dataset", LINEAR_COL]].values.tolist()
+    knn_only = [r for r in rows if r[0] == "simclr"]  # no probe: shown once, in a group it agrees with
+    assert len(knn_only) == 1 and knn_only[0][1] in ("digits (linear.epochs=3)", "digits (linear.epochs=90)")
+    assert [r for r in rows if r[0] != "simclr"] == [
+        ["pixels", "digits (linear.epochs=3)", 70.0], ["mocov3", "digits (linear.epochs=3)", 30.0],
+        ["pixels", "digits (linear.epochs=90)", 96.0], ["mae", "digits (linear.epochs=90)", 60.0],
+    ]
+    # facts in the records (device, step counts, the probe's seed) never split a dataset
+    _probed(store, "ldae", 0.5, epochs=90)
+    assert len(build_leaderboard(store)) == 6
+
+
 def test_table4_notes_an_imagenet_subset_and_prefers_the_whole_dataset(store: ResultsStore) -> None:
     probe = dict(PAPER_PROBE)
     rid = store.add_run(RunRecord(method="mae", backbone="vit-b", dataset="imagenet-1k", epochs=1600, seed=0,

@@ -6,11 +6,14 @@ reflected without anyone editing a markdown file by hand.
 
 Two views:
 
-* :func:`build_leaderboard` - one row per (method, backbone, dataset, data settings), using
-  the latest finished run, baselines (pixels / random-init) first. Runs on the same dataset
-  with different data settings (e.g. ``dataset.limit_train``) are kept apart, each beside the
-  baselines of its own data, and the dataset cell names the setting that differs, so a model
-  trained and scored on 1,000 images is never shown next to baselines scored on 200. The built-in
+* :func:`build_leaderboard` - one row per (method, backbone, dataset, settings), using the
+  latest finished run, baselines (pixels / random-init) first. The settings are those that
+  decide what the numbers mean: the data (``dataset.limit_train``, ``image_size``, ...) and
+  the built-in probes' protocols (linear-probe epochs, optimiser, lr, ...; k-NN temperature).
+  Runs that differ in them are kept apart, each beside the baselines scored the same way, and
+  the dataset cell names the setting that differs, so a model trained and scored on 1,000
+  images, or probed for 90 epochs, is never shown next to baselines scored on 200 images, or
+  probed for 3. The built-in
   evaluators' headline metrics have fixed columns; every other evaluator (a
   third-party plugin) gets a column per metric, or per name in its protocol
   record's ``"headline"``, so a new evaluator shows up without editing this file.
@@ -98,6 +101,18 @@ RENDER_FORMATS: tuple[str, ...] = ("md", "csv", "html")
 DATA_KEYS_NOT_CHANGING_IMAGES: frozenset[str] = frozenset({"name", "data_root", "num_workers", "download"})
 #: Options that take a subset of the dataset: a run with one set is not on the paper's data.
 SUBSET_KEYS: tuple[str, ...] = ("limit_train", "limit_test")
+#: Built-in evaluator -> the protocol-record keys that are settings changing its headline number
+#: (the rest of a record are facts: sizes, device, derived step counts, references). The linear
+#: probe's ``lr`` counts only when it was given (``lr_rule == "given"``), else it follows from
+#: ``blr`` and the batch; k-NN's ``ks`` only add columns, the k=20 one is checked on its own.
+EVAL_SETTING_KEYS: dict[str, tuple[str, ...]] = {
+    "linear": (
+        "protocol", "optimizer", "epochs", "warmup_epochs", "batch_size_requested", "blr", "min_lr",
+        "weight_decay", "momentum", "trust_coefficient", "betas", "bn_eps", "init_std", "drop_last",
+        "crop_scale", "flip_p",
+    ),
+    "knn": ("temperature", "normalisation"),
+}
 
 
 # -- selection -----------------------------------------------------------------------
@@ -121,7 +136,7 @@ class _Entry:
     metrics: dict[str, float | None] = field(default_factory=dict)
     protocols: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluators: dict[str, str] = field(default_factory=dict)  # metric -> evaluator that wrote it
-    data: tuple[tuple[str, str], ...] = ()  # data settings (data_settings), values as JSON text
+    data: tuple[tuple[str, str], ...] = ()  # data and probe settings (run_settings), values as JSON text
 
     def subset(self) -> dict[str, Any]:
         """The subset options this run set (``limit_train`` / ``limit_test`` not None)."""
@@ -160,6 +175,48 @@ def data_settings(config: Any) -> tuple[tuple[str, str], ...]:
     return tuple(
         sorted((k, json.dumps(v, sort_keys=True)) for k, v in dataset.items() if k not in DATA_KEYS_NOT_CHANGING_IMAGES)
     )
+
+
+def eval_settings(protocols: dict[str, dict[str, Any]], evaluators: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The built-in probes' settings a run was scored with, as sorted ``("linear.epochs", JSON)`` pairs.
+
+    ``protocols`` / ``evaluators``: metric name -> protocol record / evaluator name (as
+    :func:`metrics_by_run` reads them). Read from the metrics' own records, not the run's config,
+    because ``ssl-bench eval`` may re-score a run with other probe settings.
+    """
+    pairs: dict[str, str] = {}
+    for metric, evaluator in evaluators.items():
+        keys = EVAL_SETTING_KEYS.get(evaluator)
+        record = protocols.get(metric) or {}
+        if keys is None or not isinstance(record, dict):
+            continue
+        for key in keys:
+            if key in record:
+                pairs[f"{evaluator}.{key}"] = json.dumps(record[key], sort_keys=True)
+        if evaluator == "linear" and record.get("lr_rule") == "given" and "lr" in record:
+            pairs["linear.lr"] = json.dumps(record["lr"])
+    return tuple(sorted(pairs.items()))
+
+
+def _merge_partial_settings(
+    variants: set[tuple[tuple[str, str], ...]],
+) -> dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """Each settings tuple -> the one it is shown under.
+
+    A run scored by fewer evaluators (no linear probe, say) records fewer settings; it belongs with
+    the runs whose settings agree on every key it has, not in a group of its own. Larger settings
+    come first, so a partial one joins the first (sorted) complete one it agrees with.
+    """
+    out: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+    groups: list[tuple[tuple[str, str], ...]] = []
+    for variant in sorted(variants, key=lambda v: (-len(v), v)):
+        items = set(variant)
+        home = next((g for g in groups if items <= set(g)), None)
+        if home is None:
+            groups.append(variant)
+            home = variant
+        out[variant] = home
+    return out
 
 
 def finished_runs(store: ResultsStore, dataset: str | None = None, backbone: str | None = None) -> pd.DataFrame:
@@ -207,11 +264,19 @@ def metrics_by_run(
 def _latest_finished(
     store: ResultsStore, dataset: str | None = None, backbone: str | None = None
 ) -> list[_Entry]:
-    """Latest finished run per (method, backbone, dataset, data settings); ties broken by run id."""
+    """Latest finished run per (method, backbone, dataset, data and probe settings); ties broken by run id."""
     runs = finished_runs(store, dataset, backbone)
+    scored = _metrics_with_evaluators(store, runs["id"].tolist()) if not runs.empty else {}
+    settings: dict[int, tuple[tuple[str, str], ...]] = {}
+    for rec in runs.to_dict("records"):
+        _, protocols, evaluators = scored[int(rec["id"])]
+        settings[int(rec["id"])] = tuple(
+            sorted(data_settings(_none(rec["config_json"])) + eval_settings(protocols, evaluators))
+        )
+    canonical = _merge_partial_settings(set(settings.values()))
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for rec in runs.to_dict("records"):
-        data = data_settings(_none(rec["config_json"]))
+        data = canonical[settings[int(rec["id"])]]
         key = (rec["method"], _none(rec["backbone"]), _none(rec["dataset"]), data)
         when = _none(rec["finished_at"]) or rec["created_at"]
         rank = (when, int(rec["id"]))
@@ -235,7 +300,8 @@ def _latest_finished(
         )
         for r in latest.values()
     }
-    for run_id, (values, protocols, evaluators) in _metrics_with_evaluators(store, entries).items():
+    for run_id in entries:
+        values, protocols, evaluators = scored[run_id]
         e = entries[run_id]
         e.metrics, e.protocols, e.evaluators = values, protocols, evaluators
     return list(entries.values())
