@@ -33,39 +33,29 @@ def add_output_options(p: argparse.ArgumentParser, default_out: str = "runs") ->
     p.add_argument("--results", default=None, help="SQLite results file (default: OUT/results.db)")
 
 
-def _explicit_settings(args: argparse.Namespace, cli: dict[str, Any]) -> dict[str, Any]:
-    """Every setting the user gave on this command line (flags, --set, the --config file), dotted."""
-    from ssl_bench.config import flat_keys, parse_set_items, read_config_file
-
-    out: dict[str, Any] = {}
-    if args.config:
-        out.update(flat_keys(read_config_file(args.config, "--config")))
-    out.update({k: v for k, v in cli.items() if v is not None})
-    out.update(parse_set_items(args.set or ()))
-    return out
-
-
 def _resume_config(method: str, args: argparse.Namespace, cli: dict[str, Any], registry: Any) -> Any:
     """The config of a resumed run: the one it was trained with (RUN_DIR/config.json) plus this
-    command's settings; `run_method` refuses it if a setting that changes training differs."""
+    command's settings, layered as for a new run; `run_method` refuses it if a setting that changes
+    training differs."""
     import json
 
     from mmengine.config import Config
 
-    from ssl_bench.config import _check_keys_exist
+    from ssl_bench.config import load_config
     from ssl_bench.config_schema import validate_config
     from ssl_bench.runner import method_config, resume_dir
 
-    fresh = method_config(method, registry, user_config=args.config, cli=cli, set_items=args.set or ())
+    if args.resume is True:  # no RUN_DIR: the latest run of this method where a new run would go
+        fresh = method_config(method, registry, user_config=args.config, cli=cli, set_items=args.set or ())
+    else:
+        fresh = None
     run_dir = resume_dir(args.resume, fresh, method)
     path = run_dir / "config.json"
     try:
-        cfg = Config(json.loads(path.read_text()))
+        stored = Config(json.loads(path.read_text()))
     except (OSError, ValueError) as exc:
         raise SSLBenchError(f"--resume {run_dir}: cannot read its config.json ({exc}); resume needs the run's own config") from None
-    explicit = _explicit_settings(args, cli)
-    _check_keys_exist(cfg, explicit, "command line")
-    cfg.merge_from_dict(explicit)
+    cfg = load_config(user_config=args.config, cli=cli, set_items=args.set or (), base=stored)
     validate_config(cfg)
     return cfg
 

@@ -127,9 +127,15 @@ def load_config(
     user_config: str | Path | None = None,
     cli: dict[str, Any] | None = None,
     set_items: Iterable[str] = (),
+    base: Config | None = None,
 ) -> Config:
-    cfg = Config.fromfile(str(DEFAULT_CONFIG))
-    for path, origin in ((method_config, "method default"), (user_config, "--config")):
+    """The defaults < the method's defaults < ``--config`` < command-line flags < ``--set``.
+
+    ``base``: start from this resolved config instead of the defaults and the method's (a resumed
+    run's own config); the user's layers merge onto it by the same rules.
+    """
+    cfg = Config.fromfile(str(DEFAULT_CONFIG)) if base is None else Config(base.to_dict())
+    for path, origin in ((None if base is not None else method_config, "method default"), (user_config, "--config")):
         if path is None:
             continue
         loaded = read_config_file(path, origin)

@@ -166,6 +166,16 @@ def test_resume_with_changed_training_flags_is_refused_and_changes_nothing(finis
     assert snapshot(root) == before
 
 
+def test_resume_that_fills_a_part_the_run_left_empty_is_refused_in_one_line(finished, tmp_path):
+    """MAE's run stores method.noise_schedule=None; giving that part an option on resume must merge
+    as on a new run (and then be refused as a change), not end in mmengine's TypeError traceback."""
+    root = _copy(finished, tmp_path / "w")
+    before = snapshot(root)
+    line = one_line_error(cli(*RUN, "--resume", "--set", "method.noise_schedule.name=sigma-linear", cwd=root))
+    assert "method.noise_schedule" in line and "Nothing was changed" in line
+    assert snapshot(root) == before
+
+
 def test_rejected_resume_of_a_finished_run_keeps_it(finished, tmp_path):
     """A checkpoint that does not match (here: the checkpoint of another configuration copied over
     the finished run's) is refused; the finished run stays finished, on the leaderboard, config intact."""
