@@ -61,9 +61,13 @@ class BlockMasking(Corruption):
         if side * side != length:
             raise ValueError(f"block masking needs a square token grid, got {length} tokens")
         len_keep = int(length * (1 - self.mask_ratio))
-        gen_device = generator.device if generator is not None else torch.device("cpu")
+        # The blocks are drawn by a small Python loop on the CPU. A GPU step generator cannot draw CPU
+        # numbers, so it seeds a CPU one (one draw, one sync per step; a CPU generator is used as is).
+        if generator is not None and generator.device.type != "cpu":
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            generator = torch.Generator().manual_seed(seed)
         cover = torch.stack([self._coverage(side, length - len_keep, generator) for _ in range(n)])  # [N, L]
-        noise = torch.rand(n, length, generator=generator, device=gen_device).cpu()
+        noise = torch.rand(n, length, generator=generator)
         ids_shuffle = torch.argsort(cover + 0.5 * noise, dim=1).to(z0.device)  # uncovered first = kept
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         mask = torch.ones(n, length, device=z0.device)
