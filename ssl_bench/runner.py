@@ -364,14 +364,8 @@ def run_method(
             (run_dir / "metrics.json").write_text(
                 json.dumps({n: {"metrics": m, "protocol": pr} for n, (m, pr) in recorded.items()}, indent=1, default=str)
             )
-            if finished_before:  # a successful new evaluation replaces the finished run's metrics, nothing else
-                for name, (values, proto) in recorded.items():
-                    store.replace_metrics(run_id, name, values, proto)
-            else:
-                store.finish_run(
-                    run_id, recorded, wall_time_s=result.wall_time_s,
-                    throughput_img_s=result.throughput_img_s, peak_mem_mb=result.peak_mem_mb,
-                )
+            _record(store, run_id, recorded, finished_before, wall_time_s=result.wall_time_s,
+                    throughput_img_s=result.throughput_img_s, peak_mem_mb=result.peak_mem_mb)
             log.info("%s: %s (run dir %s)", method, _summary(metrics), run_dir)
     except BaseException as exc:
         if ctx.is_main and run_id is not None and not finished_before:
@@ -535,6 +529,15 @@ def load_trained_method(run_dir: str | Path, registry: Registry | None = None) -
     return cfg, dataset, model
 
 
+def _record(store: ResultsStore, run_id: int, recorded: dict[str, Any], finished: bool, **fields: Any) -> None:
+    """Store a run's evaluation: a finished run's metrics are replaced (all evaluators in one
+    transaction, nothing else about the run changes); any other run is finished with them."""
+    if finished:
+        store.replace_all_metrics(run_id, recorded)
+    else:
+        store.finish_run(run_id, recorded, **fields)
+
+
 def evaluate_run(
     run_dir: str | Path, store: ResultsStore | None, device: torch.device, recompute: bool = False, registry: Registry | None = None,
     ctx: DistContext | None = None,
@@ -564,9 +567,6 @@ def evaluate_run(
             git_commit=git_commit(), versions_json=package_versions(), device=str(device),
         ))
         store.finish_run(run_id, recorded)
-    elif store.get_run(run_id).status == "finished":
-        for name, (values, proto) in recorded.items():
-            store.replace_metrics(run_id, name, values, proto)
-    else:  # a run that was interrupted or failed after training: a full evaluation finishes it
-        store.finish_run(run_id, recorded)
+    else:  # a run interrupted or failed after training: a full evaluation finishes it
+        _record(store, run_id, recorded, store.get_run(run_id).status == "finished")
     return RunOutcome(cfg.method.name, run_dir, run_id, _flat(results))

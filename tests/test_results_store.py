@@ -386,6 +386,31 @@ def test_finish_run_is_all_or_nothing(store: ResultsStore, monkeypatch: pytest.M
     store.update_run(rid, status="interrupted")  # the store is still usable afterwards
 
 
+def test_rescoring_a_finished_run_replaces_all_evaluators_or_none(store: ResultsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-score killed after its first evaluator's rows went in leaves the finished run's old
+    numbers whole, not new k-NN beside old linear."""
+    rid = store.add_run(RunRecord(method="mae"))
+    store.finish_run(rid, {"knn": ({"knn_top1": 0.1}, {}), "linear": ({"linear_top1": 0.2}, {})})
+    real, calls = ResultsStore._insert_metrics, {"n": 0}
+
+    def dying_insert(self, cur, rows):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, cur, rows)
+
+    monkeypatch.setattr(ResultsStore, "_insert_metrics", dying_insert)
+    with pytest.raises(KeyboardInterrupt):
+        store.replace_all_metrics(rid, {"knn": ({"knn_top1": 0.4}, {}), "linear": ({"linear_top1": 0.7}, {})})
+    monkeypatch.undo()
+    m = store.metrics_frame()
+    assert dict(zip(m["name"], m["value"])) == {"knn_top1": 0.1, "linear_top1": 0.2}
+    store.replace_all_metrics(rid, {"knn": ({"knn_top1": 0.4}, {}), "linear": ({"linear_top1": 0.7}, {})})
+    m = store.metrics_frame()
+    assert dict(zip(m["name"], m["value"])) == {"knn_top1": 0.4, "linear_top1": 0.7}
+    assert store.get_run(rid).status == "finished"
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

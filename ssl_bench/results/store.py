@@ -765,12 +765,7 @@ class ResultsStore:
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._transaction() as cur:
             self._status_for_write(cur, run_id, "finish_run")
-            for name, rows in per_evaluator:
-                cur.execute(
-                    "DELETE FROM metrics WHERE run_id = ? AND evaluator = ?", (int(run_id), name)
-                )
-                if rows:
-                    self._insert_metrics(cur, rows)
+            self._write_metrics(cur, run_id, per_evaluator)
             cur.execute(
                 f"UPDATE runs SET {assignments} WHERE id = ?", (*values.values(), int(run_id))
             )
@@ -916,14 +911,26 @@ class ResultsStore:
         with two competing values for the same metric. This is the one way to change
         a finished run's numbers: an explicit re-score, never a side effect.
         """
+        self.replace_all_metrics(run_id, {evaluator: (metrics, protocol)})
+
+    def replace_all_metrics(self, run_id: int, metrics_by_evaluator: Mapping[str, EvaluatorResult]) -> None:
+        """:meth:`replace_metrics` for every evaluator of a re-scoring, in ONE transaction, so a
+        failure part-way never leaves a finished run with some evaluators' new numbers and some old.
+        ``metrics_by_evaluator`` as for :meth:`finish_run`."""
         self._require_writable(f"metrics of run {run_id}")
-        rows = self._metric_rows(run_id, evaluator, metrics, protocol)
+        per_evaluator = [
+            (str(name), self._metric_rows(run_id, str(name), *self._unpack(name, res)))
+            for name, res in metrics_by_evaluator.items()
+        ]
         with self._transaction() as cur:
             if cur.execute("SELECT 1 FROM runs WHERE id = ?", (int(run_id),)).fetchone() is None:
                 raise KeyError(f"no run with id {run_id} in {self.path}")
-            cur.execute(
-                "DELETE FROM metrics WHERE run_id = ? AND evaluator = ?", (int(run_id), evaluator)
-            )
+            self._write_metrics(cur, run_id, per_evaluator)
+
+    def _write_metrics(self, cur: Any, run_id: int, per_evaluator: list[tuple[str, list[Any]]]) -> None:
+        """Each evaluator's earlier rows for the run replaced by its new ones (inside a transaction)."""
+        for name, rows in per_evaluator:
+            cur.execute("DELETE FROM metrics WHERE run_id = ? AND evaluator = ?", (int(run_id), name))
             if rows:
                 self._insert_metrics(cur, rows)
 
