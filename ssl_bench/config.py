@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from mmengine.config import Config, ConfigDict
 
 from ssl_bench.errors import ConfigError
+from ssl_bench.methods.parts import PART_KINDS
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
@@ -36,7 +37,7 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
 #: method keys that hold a component spec (``dict(name=..., **options)`` or None): see
 #: ``ssl_bench.methods.parts``. Their options are checked against the component's constructor when the
 #: method is built, so new option keys are allowed under them.
-COMPONENT_SLOTS = ("tokenizer", "noise_schedule", "corruption", "target")
+COMPONENT_SLOTS = tuple(PART_KINDS)  # the method slots built from the registry (one list, in parts.py)
 
 
 def _is_open(node: Any, path: list[str]) -> bool:

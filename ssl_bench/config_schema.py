@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Sequence
+from typing import Any
 
 from ssl_bench.errors import ConfigError
 
@@ -152,20 +152,18 @@ def _lookup(cfg: Any, key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def validate_config(cfg: Any, rules: dict[str, Rule] = RULES) -> None:
-    """Raise one ConfigError line for the first value out of its rule (in ``rules`` order), and for the
-    cross-key conditions that would otherwise only fail after training."""
-    for key, rule in rules.items():
+def validate_config(cfg: Any) -> None:
+    """Raise one ConfigError line for the first value out of its rule (in ``RULES`` order), and for the
+    cross-key condition that would otherwise only fail after training (probe warm-up < probe epochs)."""
+    for key, rule in RULES.items():
         present, value = _lookup(cfg, key)
         if present and not rule.ok(value):
             example = f" (e.g. --set {key}={rule.example})" if rule.example else ""
             raise ConfigError(f"{key}={value!r} is invalid: expected {rule.accepted()}{example}")
-    for epochs_key, warmup_key in (("eval.linear.epochs", "eval.linear.warmup_epochs"),):
-        has_e, epochs = _lookup(cfg, epochs_key)
-        has_w, warmup = _lookup(cfg, warmup_key)
-        if has_e and has_w and warmup >= epochs:
-            raise ConfigError(f"{warmup_key}={warmup!r} must be below {epochs_key}={epochs!r} (e.g. --set {warmup_key}=1)")
-
-
-def rule_keys() -> Sequence[str]:
-    return tuple(RULES)
+    has_e, epochs = _lookup(cfg, "eval.linear.epochs")
+    has_w, warmup = _lookup(cfg, "eval.linear.warmup_epochs")
+    if has_e and has_w and warmup >= epochs:
+        raise ConfigError(
+            f"eval.linear.warmup_epochs={warmup!r} must be below eval.linear.epochs={epochs!r} "
+            "(e.g. --set eval.linear.warmup_epochs=1)"
+        )

@@ -34,9 +34,10 @@ from ssl_bench.config_schema import validate_config
 from ssl_bench.errors import CheckpointError, ConfigError, SSLBenchError, TrainingInterrupted
 from ssl_bench.eval.base import EvalResult
 from ssl_bench.eval.features import broadcast_flag, cached_features, pixel_features
-from ssl_bench.methods.parts import build_backbone
+from ssl_bench.methods.parts import build_backbone, keyword_options
 from ssl_bench.provenance import git_commit, package_versions
 from ssl_bench.registry import Registry, get_registry
+from ssl_bench.results.leaderboard import BASELINE_METHOD_NAMES
 from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.distributed import DistContext, barrier
@@ -45,7 +46,7 @@ from ssl_bench.train.optim import check_optimizer_options
 
 log = logging.getLogger("ssl_bench")
 
-BASELINES = ("pixels", "random-init")
+BASELINES = BASELINE_METHOD_NAMES  # the baselines a run can add, as the leaderboard orders them
 #: Settings that cannot change what a resumed run computes, so a resume may change them: where the
 #: data and the outputs live, loader workers, the checkpoint interval, and the evaluation (a finished
 #: run's metrics are replaced only by a successful new evaluation anyway).
@@ -116,13 +117,9 @@ def build_evaluators(cfg: Any, registry: Registry) -> list[tuple[str, Any]]:
 def _unsupported_options(loader: Any, options: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(option names ``loader`` does not take, the names it does take); nothing is unsupported
     when it takes ``**kwargs`` or has no signature."""
-    try:
-        params = inspect.signature(loader).parameters.values()
-    except (TypeError, ValueError):
+    names, takes_any = keyword_options(loader)
+    if takes_any:
         return [], []
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return [], []
-    names = {p.name for p in params}
     return sorted(set(options) - names), sorted(names - {"data_root"})
 
 

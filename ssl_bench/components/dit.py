@@ -307,7 +307,7 @@ class DiTBackbone(Backbone):
         if self.mask_token is None:
             raise ValueError(f"{self.name} was built without a mask token; build it with masked=True for a masking corruption")
         n, d = h.shape[0], h.shape[-1]
-        full = (self.mask_token + self.pos_embed).to(h.dtype).expand(n, -1, -1).clone()  # [N, L, D]
+        full = (self.mask_token + self.pos_embed).to(h.dtype).expand(n, -1, -1)  # [N, L, D] view; scatter copies it
         return full.scatter(1, ids_keep.unsqueeze(-1).expand(-1, -1, d), h)
 
     # -- public API ----------------------------------------------------------------------------

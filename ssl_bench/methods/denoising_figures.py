@@ -103,8 +103,8 @@ def plot_denoising(method: Any, images: Tensor, path: Path, n: int = 4, fraction
     for r, t in enumerate(ts):
         gen = torch.Generator(device=x.device).manual_seed(r)
         noisy, pred = method.denoise(x, t, gen)
+        sig = float(method.noise_schedule.sigma(t))
         for i in range(x.shape[0]):
-            sig = float(method.noise_schedule.sigma(t))
             _show(axes[r, 3 * i], method.to_display(noisy[i : i + 1])[0], f"t={t} s={sig:.2f}" if i == 0 else "noisy")
             _show(axes[r, 3 * i + 1], method.to_display(pred[i : i + 1])[0], "pred")
             _show(axes[r, 3 * i + 2], method.to_display(x[i : i + 1])[0], "clean")

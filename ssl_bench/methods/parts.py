@@ -52,8 +52,8 @@ def part_spec(value: Any, key: str) -> dict[str, Any] | None:
     )
 
 
-def _signature(factory: Any) -> tuple[set[str], bool]:
-    """(keyword names the factory takes, whether it takes **kwargs)."""
+def keyword_options(factory: Any) -> tuple[set[str], bool]:
+    """(keyword names the factory takes, whether it takes **kwargs): what may be passed to it by name."""
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):  # builtins without a signature: pass everything
@@ -73,7 +73,7 @@ def build_part(
     """Build ``spec`` (a dict with ``name``) of registry ``kind`` with the pipeline's ``context``."""
     name = spec["name"]
     factory = registry.get(kind, name)
-    names, var_kw = _signature(factory)
+    names, var_kw = keyword_options(factory)
     context = dict(context or {})
     options = {k: v for k, v in spec.items() if k != "name" and v is not None}
     reserved = sorted(set(options) & set(context))
@@ -109,7 +109,7 @@ def build_part(
 
 def used_options(spec: Mapping[str, Any], part: Any) -> dict[str, Any]:
     """The options of ``spec`` that reached the part (for the probe protocol record)."""
-    names, var_kw = _signature(type(part))
+    names, var_kw = keyword_options(type(part))
     return {k: v for k, v in spec.items() if k == "name" or (v is not None and (var_kw or k in names))}
 
 

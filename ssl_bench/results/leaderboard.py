@@ -96,8 +96,9 @@ _BACKBONE_ALIASES = {
 RENDER_FORMATS: tuple[str, ...] = ("md", "csv", "html")
 #: Dataset options that cannot change which images a run trains and is scored on: where the
 #: files are, how many loader processes read them, whether a missing copy may be downloaded
-#: (the same keys a resume may change, ``ssl_bench.runner``). Every other dataset option
-#: (``limit_train``, ``image_size``, a plugin dataset's own options) tells data apart.
+#: (the dataset keys ``ssl_bench.runner.RESUME_FREE_KEYS`` lets a resume change, plus ``download``,
+#: which a resume never needs). Every other dataset option (``limit_train``, ``image_size``, a
+#: plugin dataset's own options) tells data apart.
 DATA_KEYS_NOT_CHANGING_IMAGES: frozenset[str] = frozenset({"name", "data_root", "num_workers", "download"})
 #: Options that take a subset of the dataset: a run with one set is not on the paper's data.
 SUBSET_KEYS: tuple[str, ...] = ("limit_train", "limit_test")
@@ -359,24 +360,22 @@ def _sort_key(e: _Entry) -> tuple[Any, ...]:
 
 
 def _dataset_labels(entries: list[_Entry]) -> dict[int, str]:
-    """run id -> dataset cell: the name, plus the data settings that differ where one dataset
-    appears with more than one (``digits (limit_train=1000)`` beside ``digits (limit_train=200)``),
-    written as the ``--set dataset.KEY=VALUE`` values that select them."""
+    """run id -> dataset cell: the name, plus the settings that differ where one dataset appears
+    with more than one (``digits (limit_train=1000)`` beside ``digits (limit_train=200)``), written
+    as the ``--set`` values that select them."""
     variants: dict[str | None, set[tuple[tuple[str, str], ...]]] = {}
     for e in entries:
         variants.setdefault(e.dataset, set()).add(e.data)
+    differing: dict[str | None, list[str]] = {}  # per dataset: the keys whose values differ
+    for name, settings in variants.items():
+        values = [dict(d) for d in settings]
+        keys = sorted({k for v in values for k in v})
+        differing[name] = [k for k in keys if len({v.get(k) for v in values}) > 1] if len(values) > 1 else []
     labels = {}
     for e in entries:
-        name = e.dataset or ""
-        others = variants[e.dataset]
-        if len(others) > 1:
-            values = [dict(d) for d in others]
-            keys = sorted({k for v in values for k in v})
-            differing = [k for k in keys if len({v.get(k) for v in values}) > 1]
-            mine = dict(e.data)
-            shown = ", ".join(f"{k}={_setting_text(mine.get(k))}" for k in differing)
-            name = f"{name} ({shown})"
-        labels[e.run_id] = name
+        keys, mine = differing[e.dataset], dict(e.data)
+        shown = ", ".join(f"{k}={_setting_text(mine.get(k))}" for k in keys)
+        labels[e.run_id] = f"{e.dataset or ''} ({shown})" if keys else e.dataset or ""
     return labels
 
 

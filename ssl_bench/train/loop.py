@@ -33,11 +33,11 @@ import torch
 from torch import Tensor
 from timm.scheduler import CosineLRScheduler
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ssl_bench.components.base import Method
 from ssl_bench.data.base import ImageSplit, epoch_index_batches
 from ssl_bench.errors import CheckpointError, NonFiniteLossError, TrainingInterrupted
+from ssl_bench.progress import progress
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ssl_bench.train.distributed import DistContext, all_reduce_mean
 from ssl_bench.train.epoch_log import EpochLogs, MetricsWriter, epoch_record, format_logs
@@ -326,7 +326,7 @@ def train(
                     n_steps, prior_time = skip, resumed_epoch_time
                 batches = _epoch_batches(train_split, local_batch, order_gen, ctx, skip * accum, method.train_views())
                 steps = _optimizer_steps(batches, accum, steps_per_epoch - skip)
-                bar = tqdm(steps, total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not ctx.is_main or None, leave=False)
+                bar = progress(steps, desc=f"epoch {epoch + 1}/{tcfg.epochs}", total=steps_per_epoch, initial=skip, main=ctx.is_main)
                 stopping = False
                 for micro_batches in bar:
                     scheduler.step_update(num_updates=step)

@@ -30,7 +30,6 @@ where the config is a DDPM), so the chain depends on no other plugin; the final 
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import json
 import logging
 import traceback
@@ -346,7 +345,7 @@ def _drop_options_the_row_does_not_take(cfg: Any, registry: Any, set_items: Sequ
     """A chain-wide ``--set method.tokenizer.steps=20`` is meant for the rows whose tokenizer has
     that option (the patch AE / VAE / conv VAE); the other rows drop it (logged) instead of failing."""
     from ssl_bench.config import parse_set_items
-    from ssl_bench.methods.parts import PART_KINDS, part_spec
+    from ssl_bench.methods.parts import PART_KINDS, keyword_options, part_spec
 
     for key in parse_set_items(set_items):
         parts = key.split(".")
@@ -355,9 +354,8 @@ def _drop_options_the_row_does_not_take(cfg: Any, registry: Any, set_items: Sequ
         spec = part_spec(cfg.method.get(parts[1]), parts[1])
         if spec is None:
             continue
-        params = inspect.signature(registry.get(PART_KINDS[parts[1]], spec["name"])).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if not takes_any and parts[2] not in params:
+        names, takes_any = keyword_options(registry.get(PART_KINDS[parts[1]], spec["name"]))
+        if not takes_any and parts[2] not in names:
             del cfg.method[parts[1]][parts[2]]
             log.info("row %s: %s does not apply to %s '%s'; dropped for this row", step.name, key, parts[1], spec["name"])
 
