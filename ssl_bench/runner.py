@@ -42,7 +42,6 @@ from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.distributed import DistContext, barrier
 from ssl_bench.train.loop import TrainResult, train
-from ssl_bench.train.optim import check_optimizer_options
 
 log = logging.getLogger("ssl_bench")
 
@@ -295,8 +294,7 @@ def run_method(
     True for the latest run) exactly: ``cfg`` must then equal the checkpoint's config up to
     ``RESUME_FREE_KEYS`` (the CLI builds it as the checkpoint's config plus the user's flags)."""
     registry = registry or get_registry()
-    validate_config(cfg)
-    check_optimizer_options(cfg.train)
+    validate_config(cfg)  # includes train.optimizer and train.momentum (build_optimizer checks them again for API callers)
     dataset = dataset if dataset is not None else load_dataset(cfg, registry)
     validate_dataset(dataset, cfg)
     info = dataset.info

@@ -419,6 +419,23 @@ def test_cuda_decoder_needs_a_gpu(folder: Path) -> None:
         FolderSplit(str(folder), 32, decoder="cuda")
 
 
+def test_cuda_decoder_worker_side_runs_on_the_cpu(tmp_path: Path) -> None:
+    """What a cuda-decoder worker does (no GPU needed): a JPEG goes to nvJPEG as its bytes and crop
+    boxes; a PNG, which nvJPEG cannot take, is decoded in the worker from the bytes it read, exactly
+    as the CPU decoder would."""
+    _make_folder(tmp_path, classes=1, per_class=1)
+    _smooth_image(np.random.default_rng(1), 150, 170).save(tmp_path / "c0" / "png.png")
+    reader = FolderSplit(str(tmp_path), 32, num_workers=0)._reader.with_views(tuple(MOCO_VIEWS))
+    files = [reader.path(i) for i in range(len(reader))]
+    jpeg, png = (files.index(next(f for f in files if f.endswith(ext))) for ext in (".jpg", ".png"))
+    sent = reader._prepare_cuda(reader.path(jpeg), jpeg, 7)
+    assert sent.pixels is None and sent.raw is not None and len(sent.boxes) == 2
+    assert torch.equal(sent.raw, torch.frombuffer(bytearray(Path(reader.path(jpeg)).read_bytes()), dtype=torch.uint8))
+    done = reader._prepare_cuda(reader.path(png), png, 7)
+    expected, _ = reader._decode_cpu(reader.path(png), png, 7, "pil")
+    assert done.raw is None and done.pixels.shape == (2, 3, 32, 32) and torch.equal(done.pixels, expected)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
 def test_cuda_decoder_matches_the_cpu_decode(tmp_path: Path) -> None:
     _make_folder(tmp_path, classes=3, per_class=4)

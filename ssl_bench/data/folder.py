@@ -243,7 +243,12 @@ class _FolderReader:
         return torch.stack(out)  # [V, C, S, S]
 
     def _decode_cpu(self, path: str, file_index: int, epoch_seed: int, libjpeg_via: str) -> tuple[Tensor, int]:
-        """Decode one file on the CPU and cut its views; returns ``(pixels, DCT factor)``.
+        """Decode one file on the CPU and cut its views; returns ``(pixels, DCT factor)``."""
+        with open(path, "rb") as f:
+            return self._decode_bytes(f.read(), file_index, epoch_seed, libjpeg_via)
+
+    def _decode_bytes(self, data: bytes, file_index: int, epoch_seed: int, libjpeg_via: str) -> tuple[Tensor, int]:
+        """Decode one file's contents on the CPU and cut its views; returns ``(pixels, DCT factor)``.
 
         The header (PIL) gives the size for the boxes, then the DCT factor is chosen.
         A DCT-scaled decode always goes through PIL (``draft``; torchvision.io has no
@@ -252,8 +257,6 @@ class _FolderReader:
         written straight into a tensor, where PIL decodes into its own 4-byte-per-pixel
         buffer that then has to be packed and copied: measurably slower).
         """
-        with open(path, "rb") as f:
-            data = f.read()
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size  # header only: nothing decoded yet
             boxes, factor = self._plan(height, width, file_index, epoch_seed, jpeg=im.format == "JPEG")
@@ -276,8 +279,8 @@ class _FolderReader:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
             gpu_ok = im.format == "JPEG" and im.mode in ("RGB", "L")  # nvJPEG: no CMYK / PNG
-        if not gpu_ok:
-            pixels, factor = self._decode_cpu(path, file_index, epoch_seed, "pil")
+        if not gpu_ok:  # decoded here, from the bytes already read
+            pixels, factor = self._decode_bytes(data, file_index, epoch_seed, "pil")
             return _Decoded(pixels, file_index, factor)
         if _JPEG_EOI not in data[-_EOI_TAIL:]:
             raise OSError("truncated JPEG (no end-of-image marker)")
@@ -534,14 +537,14 @@ class FolderSplit(ImageSplit):
         items = [[(i, epoch_seed) for i in self.indices[b].tolist()] for b in index_batches]
         return self._iterate(items, device, spec)
 
-    def _loader(self, spec: tuple[CropSpec, ...] | None, pin: bool) -> tuple[_CachedLoader, bool]:
+    def _loader(self, spec: tuple[CropSpec, ...] | None, pin: bool) -> _CachedLoader:
         """The persistent loader for ``spec``, or a one-off one while it is in use."""
         from torch.utils.data import DataLoader
 
         key = (spec, pin)
         cached = self._loaders.get(key)
         if cached is not None and not cached.busy:
-            return cached, True
+            return cached
         sampler = _EpochSampler()
         persistent = cached is None and self.num_workers > 0  # a one-off pool is not kept
         loader = DataLoader(
@@ -555,8 +558,7 @@ class FolderSplit(ImageSplit):
         entry = _CachedLoader(loader, sampler)
         if cached is None:
             self._loaders[key] = entry
-            return entry, True
-        return entry, False
+        return entry
 
     def _iterate(
         self, items: list[list[tuple[int, int]]], device: torch.device, spec: tuple[CropSpec, ...] | None
@@ -564,7 +566,7 @@ class FolderSplit(ImageSplit):
         if not items:
             return
         pin = device.type == "cuda" and self.decoder != "cuda"
-        entry, _ = self._loader(spec, pin)
+        entry = self._loader(spec, pin)
         entry.sampler.batches = items
         entry.busy = True
         try:
