@@ -73,6 +73,22 @@ def test_trains_on_augmented_views(digits, model_and_test) -> None:
     assert easier.metrics["linear_top1"] > res.metrics["linear_top1"]
 
 
+def test_a_stale_features_cache_is_refused_at_the_first_batch(digits, model_and_test) -> None:
+    """Cached test features of another width (a cache from another model) stop the probe after one
+    encoder pass, not after every epoch of encoding."""
+    fn, test_f, test_y = model_and_test
+    calls = {"n": 0}
+
+    def counted(x: Tensor) -> Tensor:
+        calls["n"] += 1
+        return fn(x)
+
+    p = LinearProbeProtocol(protocol="augmented", epochs=4, warmup_epochs=1, optimizer="sgd", batch_size=128)
+    with pytest.raises(EvalInputError, match="features cache belongs to another model"):
+        augmented_linear_probe(counted, digits.train, digits.info, test_f[:, :10], test_y, digits.info.num_classes, p)
+    assert calls["n"] == 1
+
+
 def test_deterministic_for_a_seed_and_leaves_the_global_rng(digits, model_and_test) -> None:
     torch.manual_seed(123)
     before = torch.get_rng_state()

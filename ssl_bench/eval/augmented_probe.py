@@ -42,7 +42,7 @@ from torch import Tensor
 from ssl_bench.data.augment import crop_resize, normalize, sample_crop_boxes, to_float01
 from ssl_bench.data.crops import CropSpec
 from ssl_bench.eval.base import EvalInputError, EvalResult, check_features, check_labels, top1_accuracy
-from ssl_bench.eval.features import gather_to_main
+from ssl_bench.eval.features import broadcast_flag, gather_to_main
 from ssl_bench.eval.linear_probe import (
     LinearProbeEvaluator,
     LinearProbeProtocol,
@@ -173,6 +173,14 @@ def augmented_linear_probe(
                 x = _augment(images, p, size, info, data_gen, batch, rank, world)  # [B_local, C, S, S]
                 f = gather_to_main(feature_fn(x).float(), ctx)  # [B, D] on rank 0, single-process order
             y_all = gather_to_main(y.to(device), ctx)  # [B]
+            if epoch == 0 and i == 0:  # check the cached test features now, not after every epoch's encoding
+                stale = main and test_feats.shape[1] != f.shape[1]
+                if broadcast_flag(stale, ctx):  # every rank stops together
+                    raise EvalInputError(
+                        f"the cached test features have {test_feats.shape[1] if main else '?'} dims but the feature "
+                        f"function gives {f.shape[1] if main else '?'}; the features cache belongs to another model: "
+                        "re-extract it (ssl-bench eval --recompute)"
+                    )
             if not main:
                 continue
             if head is None:  # the feature width is known once the encoder has run
@@ -191,11 +199,6 @@ def augmented_linear_probe(
         return None
     final_loss = float(loss.item())
     check_final_loss(final_loss, lr, p)
-    if test_feats.shape[1] != dim:
-        raise EvalInputError(
-            f"the cached test features have {test_feats.shape[1]} dims but the feature function gives {dim}; "
-            "the features cache belongs to another model: re-extract it (ssl-bench eval --recompute)"
-        )
     metrics = {
         "linear_top1": top1_accuracy(_predict(head, test_feats.detach().to(device).float(), p.eval_batch_size), test_labels.to(device)),
         "linear_final_loss": final_loss,
