@@ -323,7 +323,7 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
     from ssl_bench.data.datasets import IMAGENET_MEAN, IMAGENET_STD
     from ssl_bench.registry import get_registry
     from ssl_bench.runner import build_method, method_config
-    from ssl_bench.train.loop import _autocast, make_generator
+    from ssl_bench.train.loop import _autocast, make_generator, peak_memory_mb, uses_bf16
     from ssl_bench.train.optim import build_optimizer
 
     size = int(spec["image_size"])
@@ -348,16 +348,15 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
     labels = torch.randint(0, 1000, (batch,), device=dev, generator=g)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    def forward_backward() -> None:
+    def forward_backward() -> torch.Tensor:
         with _autocast(dev, cfg.train.amp):
             loss = model(images, labels, gen).loss
         loss.backward()
+        return loss
 
     def step() -> None:  # the loop's order: zero_grad, forward + backward, finite check (a host sync), step
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(dev, cfg.train.amp):
-            loss = model(images, labels, gen).loss
-        loss.backward()
+        loss = forward_backward()
         if not torch.isfinite(loss.detach().float()):
             raise FloatingPointError(f"{method}: non-finite loss {loss.item()}")
         optimizer.step()
@@ -374,12 +373,7 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
         step()
     sync()
     step_s = (time.perf_counter() - t0) / steps
-    if dev.type == "cuda":
-        peak_gib = torch.cuda.max_memory_allocated(dev) / 2**30
-    else:
-        import resource
-
-        peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (max RSS)
+    peak_gib = peak_memory_mb(dev) / 1024  # as the training loop reports it (CPU: max RSS)
 
     optimizer.zero_grad(set_to_none=True)  # FLOPs of one forward + backward, counted once
     attention = _attention_ops()
@@ -400,7 +394,7 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
     return {
         "recipe": f"table4/{method}_vit_b.py" if (TABLE4 / f"{method}_vit_b.py").is_file() else f"{method} defaults",
         "batch": batch, "views": len(views) or 1, "input": "x".join(map(str, shape)),
-        "amp": "bf16" if cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and dev.type == "cuda") else "fp32",
+        "amp": "bf16" if uses_bf16(dev, cfg.train.amp) else "fp32",
         "params_m": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
         "img_s": batch / step_s, "step_ms": 1000 * step_s, "peak_gib": peak_gib,
         "gflop_step": flops / 1e9, "gflop_img": flops / 1e9 / batch, "tflops": achieved,
