@@ -27,7 +27,7 @@ PLUGINS = sorted(p.name for p in (REPO / "plugins").iterdir() if (p / "__init__.
 FLOORS: tuple[tuple[str, ...], ...] = (
     # 0 ground: errors, the distributed context (device, ranks, gather, broadcast), hook specs
     # (ssl_bench.configs holds the harness's default config file)
-    ("ssl_bench.errors", "ssl_bench.distributed", "ssl_bench.hookspecs", "ssl_bench.provenance", "ssl_bench.configs"),
+    ("ssl_bench.errors", "ssl_bench.files", "ssl_bench.distributed", "ssl_bench.hookspecs", "ssl_bench.provenance", "ssl_bench.configs"),
     # 1 what every layer may use: progress bars, config checks, the results store (no torch)
     ("ssl_bench.progress", "ssl_bench.config_schema", "ssl_bench.results"),
     # 2 config resolution
