@@ -322,7 +322,7 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
     from ssl_bench.data.base import DatasetInfo, TensorSplit, suggest_patch_size
     from ssl_bench.data.datasets import IMAGENET_MEAN, IMAGENET_STD
     from ssl_bench.registry import get_registry
-    from ssl_bench.runner import build_method, method_config
+    from ssl_bench.run import build_method, method_config
     from ssl_bench.train.loop import _autocast, make_generator, peak_memory_mb, uses_bf16
     from ssl_bench.train.optim import build_optimizer
 
@@ -628,7 +628,7 @@ def task_ddp_step(spec: dict[str, Any], rec: Record) -> None:
 
     from ssl_bench.data.base import DatasetInfo, suggest_patch_size
     from ssl_bench.registry import get_registry
-    from ssl_bench.runner import build_method, method_config
+    from ssl_bench.run import build_method, method_config
     from ssl_bench.train.loop import _autocast, make_generator
     from ssl_bench.train.optim import build_optimizer
 
@@ -760,8 +760,8 @@ def render_throughput(data: dict[str, Any], ctx: dict[str, Any]) -> str:
     first = next((r for r in rows if r.get("optimizer")), {})
     size = ctx["spec"]["image_size"]
     text += "\n\n" + "\n".join([
-        "- What: each method built as `ssl-bench run` builds it: `runner.method_config` with "
-        "`benchmarks/table4/<method>_vit_b.py` as the user config and `--backbone vit-b`, `runner.build_method` with "
+        "- What: each method built as `ssl-bench run` builds it: `ssl_bench.run.method_config` with "
+        "`benchmarks/table4/<method>_vit_b.py` as the user config and `--backbone vit-b`, `ssl_bench.run.build_method` with "
         f"`DatasetInfo(\"imagenet-like\", 1000, 3, {size}, IMAGENET_MEAN, IMAGENET_STD, {16 if size == 224 else 4})`, "
         "then `prepare()` on synthetic images (the PCA bases of ldae / ddm). ddm has no Table-4 recipe: its plugin "
         "defaults at ViT-B (a DiT of ViT-B width, encoder and decoder of 12 blocks each).",

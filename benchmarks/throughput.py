@@ -26,7 +26,7 @@ def measure(method: str, backbone: str, image_size: int, channels: int, batch: i
     """Runs inside the child process: build the method on random data and time optimiser steps."""
     from ssl_bench.data.base import DatasetInfo, TensorSplit, suggest_patch_size
     from ssl_bench.registry import get_registry
-    from ssl_bench.runner import build_method, method_config
+    from ssl_bench.run import build_method, method_config
     from ssl_bench.train.loop import _autocast, build_optimizer, make_generator, peak_memory_mb
 
     dev = torch.device(device)

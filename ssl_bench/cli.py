@@ -13,78 +13,21 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ssl_bench.errors import SSLBenchError, TrainingInterrupted
+from ssl_bench.commands import add_output_options, distributed_session, existing_results, recording_store, results_path
+from ssl_bench.errors import RunInterrupted, SSLBenchError, TrainingInterrupted
+from ssl_bench.hookspecs import BUILTIN_COMMAND_NAMES
 
 if TYPE_CHECKING:
     from ssl_bench.registry import Entry, Registry
 
-RESULTS_NAME = "results.db"
-
 log = logging.getLogger("ssl_bench")
 
 
-def results_path(args: argparse.Namespace) -> Path:
-    return Path(args.results) if args.results else Path(args.out) / RESULTS_NAME
-
-
-def add_output_options(p: argparse.ArgumentParser, default_out: str = "runs") -> None:
-    p.add_argument("--out", default=default_out,
-                   help=f"output directory for run directories and the results store (default: {default_out})")
-    p.add_argument("--results", default=None, help="SQLite results file (default: OUT/results.db)")
-
-
-def _resume_config(method: str, args: argparse.Namespace, cli: dict[str, Any], registry: Any) -> Any:
-    """The config of a resumed run: the one it was trained with (RUN_DIR/config.json) plus this
-    command's settings, layered as for a new run; `run_method` refuses it if a setting that changes
-    training differs."""
-    import json
-
-    from mmengine.config import Config
-
-    from ssl_bench.config import load_config
-    from ssl_bench.config_schema import validate_config
-    from ssl_bench.runner import method_config, resume_dir
-
-    if args.resume is True:  # no RUN_DIR: the latest run of this method where a new run would go
-        fresh = method_config(method, registry, user_config=args.config, cli=cli, set_items=args.set or ())
-    else:
-        fresh = None
-    run_dir = resume_dir(args.resume, fresh, method)
-    path = run_dir / "config.json"
-    try:
-        stored = Config(json.loads(path.read_text()))
-    except (OSError, ValueError) as exc:
-        raise SSLBenchError(f"--resume {run_dir}: cannot read its config.json ({exc}); resume needs the run's own config") from None
-    cfg = load_config(user_config=args.config, cli=cli, set_items=args.set or (), base=stored)
-    validate_config(cfg)
-    return cfg
-
-
-class _OpenOnUse:
-    """The results store, opened (and runs whose process is gone marked interrupted) on first use:
-    a command refused before it records anything leaves no results file behind."""
-
-    def __init__(self, path: Path) -> None:
-        self._path, self._store = path, None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._store is None:
-            from ssl_bench.results.store import ResultsStore
-
-            self._store = ResultsStore(self._path)
-            stale = self._store.mark_stale_runs()
-            if stale:
-                log.info("marked run(s) %s as interrupted: their process is gone", ", ".join(map(str, stale)))
-        return getattr(self._store, name)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
     from ssl_bench.registry import get_registry
-    from ssl_bench.results.leaderboard import build_leaderboard, render
-    from ssl_bench.runner import load_dataset, method_config, run_baseline, run_method, validate_dataset
-    from ssl_bench.train.distributed import init_distributed
+    from ssl_bench.results import build_leaderboard, render
+    from ssl_bench.run import check_run, method_config, run_baseline, run_method
+    from ssl_bench.run.resume import resume_config
 
     registry = get_registry()
     for m in args.methods:  # fail before any training if one name is wrong
@@ -94,39 +37,39 @@ def cmd_run(args: argparse.Namespace) -> int:
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "seed": args.seed,
         "train.device": args.device, "out": args.out,
     }
+    layers = dict(user_config=args.config, cli=cli, set_items=args.set or ())
     if args.resume:
-        cfgs = {m: _resume_config(m, args, cli, registry) for m in args.methods}
+        cfgs = {m: resume_config(m, registry, args.resume, **layers) for m in args.methods}
     else:
-        cfgs = {m: method_config(m, registry, user_config=args.config, cli=cli, set_items=args.set or ()) for m in args.methods}
+        cfgs = {m: method_config(m, registry, **layers) for m in args.methods}
     first = cfgs[args.methods[0]]
     registry.get("backbone", first.backbone.name)
-    dataset = load_dataset(first, registry)
-    for cfg in cfgs.values():
-        validate_dataset(dataset, cfg)
-    ctx = init_distributed(first.train.device)
-    store = _OpenOnUse(results_path(args)) if ctx.is_main else None  # a refused build creates no store file
-    run_dirs = {}
-    for method, cfg in cfgs.items():
-        if ctx.is_main:
-            log.info("== %s on %s, backbone %s, %d epochs, device %s ==", method, cfg.dataset.name, cfg.backbone.name, cfg.train.epochs, ctx.device)
-        run_dirs[method] = run_method(method, cfg, store, ctx, dataset=dataset, resume=args.resume, registry=registry).run_dir
-    if not args.no_baselines:  # every rank takes part: each extracts its shard of the features
-        for name in first.eval.baselines:
-            run_baseline(name, first, store, dataset, ctx.device, registry=registry, ctx=ctx)
-        if "random-init" in first.eval.baselines:  # methods whose own untrained network is the honest baseline
-            for method, cfg in cfgs.items():
-                if getattr(registry.get("method", method), "own_random_init", False):
-                    run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method, ctx=ctx,
-                                 tokenizer_from=run_dirs[method])
-    if not ctx.is_main:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        return 0
+    checked = {m: check_run(cfg, registry) if m == args.methods[0] else None for m, cfg in cfgs.items()}
+    dataset = checked[args.methods[0]].dataset  # loaded once, checked for every method's config
+    for m, cfg in cfgs.items():
+        checked[m] = checked[m] or check_run(cfg, registry, dataset)
+    results = results_path(args)
+    with distributed_session(first.train.device) as ctx:
+        store = recording_store(args, ctx.is_main)  # an existing store is checked now, a new one made on first record
+        run_dirs = {}
+        for method, cfg in cfgs.items():
+            if ctx.is_main:
+                log.info("== %s on %s, backbone %s, %d epochs, device %s ==", method, cfg.dataset.name, cfg.backbone.name, cfg.train.epochs, ctx.device)
+            run_dirs[method] = run_method(method, cfg, store, ctx, resume=args.resume, registry=registry,
+                                          checked=checked[method], results=results).run_dir
+        if not args.no_baselines:  # every rank takes part: each extracts its shard of the features
+            for name in first.eval.baselines:
+                run_baseline(name, first, store, dataset, ctx.device, registry=registry, ctx=ctx, checked=checked[args.methods[0]])
+            if "random-init" in first.eval.baselines:  # methods whose own untrained network is the honest baseline
+                for method, cfg in cfgs.items():
+                    if getattr(registry.get("method", method), "own_random_init", False):
+                        run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method, ctx=ctx,
+                                     tokenizer_from=run_dirs[method], checked=checked[method])
+        if not ctx.is_main:
+            return 0
     table = build_leaderboard(store, dataset=first.dataset.name, backbone=first.backbone.name)
-    print(f"\nLeaderboard: {first.dataset.name}, {first.backbone.name} ({results_path(args)})\n")
+    print(f"\nLeaderboard: {first.dataset.name}, {first.backbone.name} ({results})\n")
     print(render(table, "md"))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -156,35 +99,45 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ssl_bench.results.store import ResultsStore
-    from ssl_bench.runner import evaluate_run
+    from ssl_bench.run import evaluate_run
+    from ssl_bench.run.resume import read_run_config
     from ssl_bench.train.distributed import resolve_device
 
-    store = ResultsStore(results_path(args))
-    store.mark_stale_runs()
-    out = evaluate_run(args.run_dir, store, resolve_device(args.device), recompute=args.recompute)
+    read_run_config(Path(args.run_dir))  # not a run directory: refused before any store is opened or made
+    store = recording_store(args)
+    out = evaluate_run(args.run_dir, store, resolve_device(args.device), recompute=args.recompute, results=results_path(args))
     for k, v in sorted(out.metrics.items()):
         print(f"{k}: {100 * v:.2f}%" if "top1" in k else f"{k}: {v:.4f}")
     return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ssl_bench.results.leaderboard import build_leaderboard, build_table4, render
-    from ssl_bench.results.store import ResultsStore
+    from ssl_bench.results import ResultsStore, build_leaderboard, build_table4, render
 
-    path = results_path(args)
-    if not path.is_file():
-        raise SSLBenchError(f"no results store at {path}; run `ssl-bench run METHOD` first, or pass --results FILE")
+    path = existing_results(args)
     store = ResultsStore(path, readonly=True)  # reading never writes: works on read-only media
     if args.layout == "table4":
         table = build_table4(store)
     else:
         table = build_leaderboard(store, dataset=args.dataset, backbone=args.backbone)
+        if table.empty and (args.dataset or args.backbone):
+            raise SSLBenchError(_nothing_for(store, path, args.dataset, args.backbone))
     text = render(table, args.format)
     if args.output:
         Path(args.output).write_text(text)
     print(text)
     return 0
+
+
+def _nothing_for(store: Any, path: Path, dataset: str | None, backbone: str | None) -> str:
+    """Why a filtered leaderboard is empty: what the store does hold."""
+    runs = store.runs_frame()
+    finished = runs[runs["status"] == "finished"] if not runs.empty else runs
+    asked = ", ".join(f"{k} {v!r}" for k, v in (("dataset", dataset), ("backbone", backbone)) if v)
+    datasets = sorted({str(d) for d in finished["dataset"].dropna()}) if not finished.empty else []
+    backbones = sorted({str(b) for b in finished["backbone"].dropna()}) if not finished.empty else []
+    return (f"no finished runs for {asked} in {path} (datasets there: {', '.join(datasets) or 'none'}; "
+            f"backbones: {', '.join(backbones) or 'none'}); check the spelling or run one first")
 
 
 def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
@@ -215,8 +168,10 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     lst.set_defaults(func=cmd_list)
 
     ev = sub.add_parser("eval", help="re-score a trained run directory with the evaluators",
-                        description="Rebuild the method from RUN_DIR/config.py, load its checkpoint, extract "
-                                    "features (cached) and replace the run's metrics in the results store.")
+                        description="Rebuild the method from RUN_DIR/config.json (never executing config.py), load its "
+                                    "checkpoint, extract features (cached, keyed by the weights) and replace the run's "
+                                    "metrics in the results store. A run stopped before its last epoch is refused: "
+                                    "finish it with `ssl-bench run METHOD --resume RUN_DIR`.")
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--recompute", action="store_true", help="ignore cached features")
     ev.add_argument("--device", default="auto")
@@ -391,14 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry.warn_problems()
     try:
         return args.func(args)
-    except TrainingInterrupted as exc:  # Ctrl-C / SIGTERM: a checkpoint was written, the run is 'interrupted'
+    except (TrainingInterrupted, RunInterrupted) as exc:  # Ctrl-C / SIGTERM: the run is 'interrupted', its checkpoint kept
         if _is_main_process():
             print(f"ssl-bench: {exc}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:  # outside training (data loading, evaluation): the last checkpoint is kept
+    except KeyboardInterrupt:  # outside any run (a run says how to continue itself, as RunInterrupted)
         if _is_main_process():
-            print("ssl-bench: interrupted; the run is marked 'interrupted' and its last checkpoint is kept. "
-                  "Resume with: ssl-bench run METHOD --resume RUN_DIR", file=sys.stderr)
+            print("ssl-bench: interrupted", file=sys.stderr)
         return 130
     except SSLBenchError as exc:
         print(f"ssl-bench: error: {exc}", file=sys.stderr)

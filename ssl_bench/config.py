@@ -157,6 +157,9 @@ def load_config(
 
 
 def config_to_json(cfg: Config | ConfigDict | dict) -> str:
-    """Resolved config as stable JSON (stored in the run dir and the results store)."""
+    """Resolved config as JSON (stored in the run dir and the results store), keys in the config's
+    own order: a resume reads it back in that order, so everything a run records from its config
+    (the parts' options in each metric's protocol, metrics.json) comes out byte for byte as in the
+    uninterrupted run. Comparisons sort keys themselves."""
     data = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    return json.dumps(data, sort_keys=True, default=str, indent=1)
+    return json.dumps(data, default=str, indent=1)

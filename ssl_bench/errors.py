@@ -75,3 +75,8 @@ class DisabledComponentError(UnknownComponentError, PluginClashError):
     def __init__(self, kind: str, name: str, reason: str):
         SSLBenchError.__init__(self, f"{kind} '{name}' is disabled: {reason}")
         self.kind, self.name, self.available, self.suggestion, self.reason = kind, name, [], None, reason
+
+
+class RunInterrupted(SSLBenchError):
+    """Ctrl-C / SIGTERM outside the training loop (data loading, evaluation): the run is marked
+    ``interrupted`` and its last checkpoint is kept; the message carries the command that continues it."""

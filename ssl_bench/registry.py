@@ -29,7 +29,16 @@ from typing import Any, Iterable
 import pluggy
 
 from ssl_bench.errors import DisabledComponentError, UnknownComponentError
-from ssl_bench.hookspecs import COMMAND_HOOK, COMMAND_KIND, HOOK_NAMES, KIND_HOOKS, PROJECT, CommandSpecs, ComponentSpecs
+from ssl_bench.hookspecs import (
+    BUILTIN_COMMAND_NAMES,
+    COMMAND_HOOK,
+    COMMAND_KIND,
+    HOOK_NAMES,
+    KIND_HOOKS,
+    PROJECT,
+    CommandSpecs,
+    ComponentSpecs,
+)
 
 ENTRY_POINT_GROUP = "ssl_bench"
 # The distribution of this project: its names win a clash against a third-party package, because
@@ -344,12 +353,6 @@ def _dist_name(ep: md.EntryPoint) -> str:
     return dist.name if dist is not None else ep.value.split(".")[0]
 
 
-def _builtin_commands() -> frozenset[str]:
-    from ssl_bench.cli import builtin_command_names  # lazy: cli imports this module lazily too
-
-    return frozenset(builtin_command_names())
-
-
 def build_registry(extra_modules: Iterable[tuple[str, ModuleType]] = (), *, components: bool = True,
                    reserved_commands: Iterable[str] | None = None) -> Registry:
     """Discover every plugin in the entry-point group and build a fresh registry.
@@ -358,7 +361,7 @@ def build_registry(extra_modules: Iterable[tuple[str, ModuleType]] = (), *, comp
     `components=False` loads the plugin modules and their commands only (cheap); components are
     then collected on first use. `reserved_commands` defaults to the CLI's built-in subcommands.
     """
-    reserved = _builtin_commands() if reserved_commands is None else frozenset(reserved_commands)
+    reserved = frozenset(BUILTIN_COMMAND_NAMES if reserved_commands is None else reserved_commands)
     registry = Registry(reserved_commands=reserved, components_loaded=False)
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(ComponentSpecs)

@@ -34,7 +34,7 @@ def registry():
 @pytest.fixture
 def tiny_cfg(registry, tmp_path):
     """Factory: resolved config for `method` with the tiny settings and output under tmp_path."""
-    from ssl_bench.runner import method_config
+    from ssl_bench.run import method_config
 
     def make(method: str, *extra: str, backbone: str = "vit-nano"):
         return method_config(

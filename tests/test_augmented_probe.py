@@ -26,7 +26,7 @@ from ssl_bench.eval.linear_probe import (
 from ssl_bench.registry import get_registry
 from ssl_bench.results.leaderboard import build_table4
 from ssl_bench.results.store import ResultsStore, RunRecord
-from ssl_bench.runner import evaluate_features, method_config, run_baseline, run_method
+from ssl_bench.run import method_config, run_baseline, run_method
 from ssl_bench.train.distributed import DistContext
 from tests.conftest import make_imagefolder
 
@@ -146,9 +146,6 @@ def test_misuse_is_one_clear_error(model_and_test) -> None:
     cfg.eval.linear.protocol = "images"
     with pytest.raises(ConfigError, match=r"eval.linear.protocol='images' is invalid: expected one of cached, augmented"):
         validate_config(cfg)
-    cfg.eval.linear.protocol = "augmented"
-    with pytest.raises(ConfigError, match="needs the model"):  # a features-only caller cannot run it
-        evaluate_features({"train": f, "train_labels": y, "test": f, "test_labels": y}, cfg, get_registry(), 10)
 
 
 def test_runner_runs_it_for_a_method_and_a_baseline(tiny_cfg, tmp_path) -> None:
@@ -165,7 +162,7 @@ def test_runner_runs_it_for_a_method_and_a_baseline(tiny_cfg, tmp_path) -> None:
 
 
 def _tiny_digits(cfg: Any) -> Any:
-    from ssl_bench.runner import load_dataset
+    from ssl_bench.run import load_dataset
 
     return load_dataset(cfg, get_registry())
 

@@ -14,7 +14,7 @@ import torch
 
 from ssl_bench.errors import ConfigError
 from ssl_bench.registry import get_registry
-from ssl_bench.runner import build_method, load_dataset, method_config
+from ssl_bench.run import build_method, load_dataset, method_config
 
 REG = get_registry()
 TOKENIZERS, CORRUPTIONS, TARGETS = REG.names("tokenizer"), REG.names("corruption"), REG.names("target")

@@ -6,7 +6,7 @@ import pytest
 
 from ssl_bench.config import parse_set_items
 from ssl_bench.errors import ConfigError
-from ssl_bench.runner import method_config
+from ssl_bench.run import method_config
 
 
 def test_resolution_order(registry, tmp_path):
@@ -39,7 +39,7 @@ def test_missing_config_file(registry, tmp_path):
 def test_dataset_option_from_another_dataset_is_a_clear_error(registry):
     from pathlib import Path
 
-    from ssl_bench.runner import load_dataset
+    from ssl_bench.run import load_dataset
 
     recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "table4" / "mae_vit_b.py"
     cfg = method_config("mae", registry, user_config=recipe, cli={"dataset.name": "digits"})
@@ -52,8 +52,14 @@ def test_dataset_option_from_another_dataset_is_a_clear_error(registry):
 
 
 def test_imagenet1k_takes_the_folder_loaders_options():
-    from ssl_bench.data.datasets import load_imagenet1k
-    from ssl_bench.runner import _unsupported_options
+    from mmengine.config import Config
 
-    assert _unsupported_options(load_imagenet1k, {"image_size": 224, "num_workers": 8, "limit_train": 10})[0] == []
-    assert _unsupported_options(load_imagenet1k, {"download": True})[0] == ["download"]
+    from ssl_bench.data.datasets import load_imagenet1k
+    from ssl_bench.methods.parts import keyword_options
+    from ssl_bench.registry import get_registry
+    from ssl_bench.run import load_dataset
+
+    assert {"image_size", "num_workers", "limit_train"} <= keyword_options(load_imagenet1k)[0]
+    cfg = Config(dict(dataset=dict(name="imagenet-1k", data_root="nowhere", download=True)))
+    with pytest.raises(ConfigError, match=r"dataset 'imagenet-1k' does not take option\(s\) download .*dataset.download=None"):
+        load_dataset(cfg, get_registry())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ssl_bench.config import flat_keys
-from ssl_bench.runner import method_config
+from ssl_bench.run import method_config
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "corruption"
 PAIRS = [("ldae", "ldae_noise.py", "ldae_masking.py"), ("mae", "mae_masking.py", "mae_noise.py")]

@@ -15,7 +15,7 @@ from mmengine.config import Config
 from ssl_bench.data.base import DatasetInfo
 from ssl_bench.errors import ConfigError
 from ssl_bench.results.store import ResultsStore
-from ssl_bench.runner import build_method, method_config
+from ssl_bench.run import build_method, method_config
 from ssl_bench_plugins.ddm.deconstruct import chain as dc
 
 CHAIN = dc.DEFAULT_CHAIN_DIR
@@ -200,7 +200,7 @@ def test_final_row_trains_exactly_as_ldae(registry):
     """The last row is `ssl-bench run ldae` as a ddm run: same parameters, same loss, same features."""
     import torch
 
-    from ssl_bench.runner import load_dataset
+    from ssl_bench.run import load_dataset
 
     tiny = [*TINY_BACKBONE, "dataset.limit_train=128"]
     row = dc.step_config(dc.select_steps(["t3_r6_ldae"])[0], registry, CHAIN, cli={"backbone.name": "vit-nano"}, set_items=tiny)
@@ -226,7 +226,7 @@ def test_every_table3_row_predicts_the_mean_patch_at_initialisation(registry):
     import torch
 
     from ssl_bench.components.patches import patchify
-    from ssl_bench.runner import load_dataset
+    from ssl_bench.run import load_dataset
 
     tiny = [*TINY_BACKBONE, "dataset.limit_train=128"]
     data = None

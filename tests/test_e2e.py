@@ -11,7 +11,7 @@ from ssl_bench.errors import CheckpointError, NonFiniteLossError
 from ssl_bench.registry import get_registry
 from ssl_bench.results.leaderboard import build_leaderboard
 from ssl_bench.results.store import ResultsStore
-from ssl_bench.runner import load_dataset, run_baseline, run_method
+from ssl_bench.run import load_dataset, run_baseline, run_method
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME
 from ssl_bench.train.distributed import DistContext
 

@@ -288,13 +288,13 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
 
 _SLOW_EVALUATION = textwrap.dedent("""
     import os, sys, time
-    import ssl_bench.runner as runner
-    real = runner.evaluate_features
-    def slow(feats, cfg, *a, **k):
+    import ssl_bench.run.runs as runs
+    real = runs.score
+    def slow(subject, dataset, run_dir, evaluators, cfg, ctx):
         open(os.path.join(cfg.out, "EVALUATING"), "w").close()
         time.sleep(600)
-        return real(feats, cfg, *a, **k)
-    runner.evaluate_features = slow
+        return real(subject, dataset, run_dir, evaluators, cfg, ctx)
+    runs.score = slow
     from ssl_bench.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

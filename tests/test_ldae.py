@@ -22,7 +22,7 @@ from ssl_bench.components.schedules import Gamma2LinearSchedule, LinearBetaSched
 from ssl_bench.components.tokenizers import PatchPCATokenizer
 from ssl_bench.errors import ConfigError
 from ssl_bench.registry import get_registry
-from ssl_bench.runner import build_method, load_dataset
+from ssl_bench.run import build_method, load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_figures_and_pca_basis_written(tiny_cfg, tmp_path):
 
 def test_resumed_run_still_writes_its_figures(tiny_cfg, tmp_path, monkeypatch):
     from ssl_bench.results.store import ResultsStore
-    from ssl_bench.runner import run_method
+    from ssl_bench.run import run_method
     from ssl_bench.train.distributed import DistContext
     from ssl_bench_plugins.ldae.method import LDAE
 

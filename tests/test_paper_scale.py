@@ -7,7 +7,7 @@ import torch
 
 from ssl_bench.data.base import DatasetInfo, TensorSplit
 from ssl_bench.registry import get_registry
-from ssl_bench.runner import build_method, method_config
+from ssl_bench.run import build_method, method_config
 from ssl_bench.train.loop import build_optimizer, make_generator
 
 

@@ -115,7 +115,7 @@ def _simsiam(monkeypatch: pytest.MonkeyPatch, *extra: str):
 
     from ssl_bench.data.base import DatasetInfo
     from ssl_bench.registry import build_registry
-    from ssl_bench.runner import build_method, method_config
+    from ssl_bench.run import build_method, method_config
 
     monkeypatch.syspath_prepend(str(EXAMPLE))
     reg = build_registry()

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ssl_bench.components.base import Method, StepOutput
 from ssl_bench.data.base import DatasetInfo, TensorSplit
-from ssl_bench.runner import build_backbone
+from ssl_bench.run import build_backbone
 from ssl_bench.train.distributed import DistContext
 from ssl_bench.train.loop import _optimizer_steps, build_optimizer, train
 

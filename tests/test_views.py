@@ -10,7 +10,7 @@ import torch
 
 from ssl_bench.data.crops import CropSpec
 from ssl_bench.registry import get_registry
-from ssl_bench.runner import build_method, load_dataset, method_config
+from ssl_bench.run import build_method, load_dataset, method_config
 from tests.conftest import make_imagefolder
 
 REG = get_registry()

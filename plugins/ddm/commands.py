@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssl_bench.cli import add_output_options, results_path
+from ssl_bench.commands import add_output_options, distributed_session, recording_store, results_path
 from ssl_bench.errors import ConfigError, SSLBenchError
 
 
@@ -41,13 +41,9 @@ class DeconstructCommand:
         add_output_options(parser, default_out="runs/deconstruct")
 
     def run(self, args: argparse.Namespace) -> int:
-        import torch
-
         from ssl_bench.registry import get_registry
-        from ssl_bench.results.leaderboard import render
-        from ssl_bench.results.store import ResultsStore
-        from ssl_bench.runner import load_dataset
-        from ssl_bench.train.distributed import init_distributed
+        from ssl_bench.results import ResultsStore, render
+        from ssl_bench.run import load_dataset
         from ssl_bench_plugins.ddm.deconstruct import chain as dc
 
         registry = get_registry()
@@ -64,23 +60,24 @@ class DeconstructCommand:
         path = results_path(args)
         store = None
         if first is not None and not args.table_only:
-            ctx = init_distributed(probe.train.device)
-            is_main = ctx.is_main
-            store = ResultsStore(path) if ctx.is_main else None
-            if store is not None:
-                store.mark_stale_runs()
-            outcomes = dc.run_chain(steps, registry=registry, chain_dir=chain_dir, store=store, ctx=ctx, cli=cli,
-                                    set_items=args.set or (), out=args.out, dataset=load_dataset(probe, registry),
-                                    random_init=not args.no_random_init)
-            if torch.distributed.is_initialized():
-                torch.distributed.destroy_process_group()
+            dataset = load_dataset(probe, registry)
+            with distributed_session(probe.train.device) as ctx:
+                is_main = ctx.is_main
+                store = recording_store(args, ctx.is_main)  # a new store only once a row is recorded
+                outcomes = dc.run_chain(steps, registry=registry, chain_dir=chain_dir, store=store, ctx=ctx, cli=cli,
+                                        set_items=args.set or (), out=args.out, dataset=dataset,
+                                        random_init=not args.no_random_init)
         if not is_main:
             return 0
         if not path.is_file() and args.table_only:
             raise SSLBenchError(f"no results store at {path}; run `ssl-bench deconstruct` without --table-only first")
         dataset = probe.dataset.name if probe is not None else args.dataset
         backbone = probe.backbone.name if probe is not None else args.backbone
-        table = dc.build_table(steps, store or ResultsStore(path, readonly=True), dataset=dataset, backbone=backbone, outcomes=outcomes)
+        if store is None or not path.is_file():
+            store = ResultsStore(path, readonly=True) if path.is_file() else None
+        if store is None:
+            raise SSLBenchError(f"nothing was recorded, so there is no results store at {path}; see the errors above")
+        table = dc.build_table(steps, store, dataset=dataset, backbone=backbone, outcomes=outcomes)
         text = render(table, args.format)
         print(f"\nDeconstruction chain: {dataset}, {backbone} ({path}); paper: ImageNet-1k, DiT-L (ViT-1/2L encoder)\n")
         print(text)
@@ -105,11 +102,11 @@ class SampleCommand:
         parser.add_argument("--device", default="auto")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ssl_bench.runner import load_trained_method
+        from ssl_bench.run import load_trained_method
         from ssl_bench.train.distributed import resolve_device
 
         run_dir = Path(args.run_dir)
-        cfg, _, model = load_trained_method(run_dir)
+        cfg, _, model, _ = load_trained_method(run_dir)
         if not hasattr(model, "write_samples"):
             raise ConfigError(f"method '{cfg.method.name}' cannot sample (no write_samples); only diffusion methods (ddm) can")
         device = resolve_device(args.device)

@@ -65,3 +65,12 @@ def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value)
     return value / ctx.world_size
+
+
+def broadcast_object(obj: object, ctx: DistContext | None) -> object:
+    """Rank 0's ``obj`` (picklable) on every rank, e.g. the run directory only rank 0 may create."""
+    if ctx is None or not ctx.distributed:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -210,6 +210,7 @@ def train(
     ctx: DistContext,
     resume: bool = False,
     resume_state: dict[str, Any] | None = None,
+    resume_command: str | None = None,
 ) -> TrainResult:
     """Train ``method`` for ``cfg.train.epochs``, checkpointing into ``run_dir``.
 
@@ -220,6 +221,7 @@ def train(
     """
     tcfg = cfg.train
     device = ctx.device
+
     run_dir = Path(run_dir)
     n_train = len(train_split)
     global_batch = min(tcfg.batch_size, n_train)
@@ -378,7 +380,7 @@ def train(
                             epoch, n_steps, train_time_s=elapsed + epoch_time, epoch_time_s=epoch_time,
                             rank_states=rank_states, world_size=ctx.world_size,
                         ))
-                    raise _interrupted(stop, ckpt_path, cfg, run_dir, epoch, n_steps, step, steps_per_epoch, ctx)
+                    raise _interrupted(stop, ckpt_path, cfg, run_dir, epoch, n_steps, step, steps_per_epoch, ctx, resume_command)
 
                 elapsed += epoch_time
                 loss_value = float(all_reduce_mean(loss_sum / max(n_steps, 1), ctx))
@@ -402,7 +404,7 @@ def train(
                     if save:
                         save_checkpoint(ckpt_path, checkpoint_state(epoch + 1, 0))
                 if stopping:
-                    raise _interrupted(stop, ckpt_path, cfg, run_dir, epoch + 1, 0, step, steps_per_epoch, ctx)
+                    raise _interrupted(stop, ckpt_path, cfg, run_dir, epoch + 1, 0, step, steps_per_epoch, ctx, resume_command)
     finally:
         if writer is not None:
             writer.close()
@@ -416,7 +418,7 @@ def train(
 
 def _interrupted(
     stop: _StopRequest, ckpt_path: Path, cfg: Any, run_dir: Path, epoch: int, epoch_step: int, step: int,
-    steps_per_epoch: int, ctx: DistContext,
+    steps_per_epoch: int, ctx: DistContext, resume_command: str | None = None,
 ) -> TrainingInterrupted:
     """The error every rank raises once rank 0 has written the checkpoint (the barrier makes the
     other ranks wait for it, so no process exits while the file is half written)."""
@@ -425,8 +427,6 @@ def _interrupted(
     where = _describe_checkpoint(epoch, epoch_step, steps_per_epoch)
     msg = (
         f"training stopped by {stop.name} at {where} (global step {step}); checkpoint written to {ckpt_path}. "
-        f"Resume with: {_resume_command(cfg, run_dir)}"
+        f"Resume with: {resume_command or _resume_command(cfg, run_dir)}"
     )
-    if ctx.is_main:
-        log.info(msg)
     return TrainingInterrupted(msg, str(ckpt_path), epoch, epoch_step, step, stop.name)

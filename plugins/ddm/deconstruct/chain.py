@@ -315,7 +315,7 @@ def base_config(
     step: Step, registry: Any, chain_dir: Path, cli: Mapping[str, Any] | None = None, set_items: Sequence[str] = (),
 ) -> Any:
     """A row's config without its sweep keys: what every row shares (dataset, backbone, device)."""
-    from ssl_bench.runner import method_config
+    from ssl_bench.run import method_config
 
     if step.config is None:
         raise ConfigError(f"row {step.name} is not realisable here: {step.not_run}")
@@ -413,7 +413,7 @@ def run_chain(
     store later; its run dir is ``OUT/<first row>/...``. A failing row is reported and the chain goes
     on: one broken tokenizer should not cost the other rows of a multi-hour run.
     """
-    from ssl_bench.runner import load_dataset, run_baseline, run_method
+    from ssl_bench.run import load_dataset, run_baseline, run_method
 
     runnable = [s for s in steps if s.config is not None]
     results: dict[str, StepRun] = {s.name: StepRun(s, "not run", error=s.not_run) for s in steps if s.config is None}

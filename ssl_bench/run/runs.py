@@ -1,0 +1,242 @@
+"""A method's run from start to record, and the re-scoring of a trained run.
+
+What a result may and may not do (the store enforces the last two):
+
+* everything that can be checked is checked before anything is written: the config (when it was
+  resolved), the dataset, the evaluators and the method are built, a resumed checkpoint is read and
+  loaded (strictly) into the model. A refused run leaves no run directory and no row.
+* ``--resume`` is exact or refused (``ssl_bench.run.resume``).
+* a stopped run is never scored as finished: ``ssl-bench eval`` refuses a checkpoint from before the
+  last epoch, naming where it stopped and the command that finishes it; the features cache is keyed
+  by the weights that made it, so a resumed run never scores the features of an earlier checkpoint.
+* a finished run is immutable: only a successful new evaluation replaces its metrics; a failed or
+  interrupted attempt leaves it finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssl_bench.errors import CheckpointError, RunInterrupted
+from ssl_bench.files import atomic_write_text, remove_partial_writes
+from ssl_bench.config import config_to_json
+from ssl_bench.run.build import BuiltEvaluator, build_evaluators, build_model, load_dataset, validate_dataset, weights_fingerprint
+from ssl_bench.run.ledger import claim_run_dir, find_run, record_scores, recording, run_record
+from ssl_bench.run.resume import (
+    read_run_config,
+    refuse_changed_settings,
+    resume_command,
+    resume_dir,
+    stopped_before_the_end,
+    stored_config,
+)
+from ssl_bench.run.score import Subject, flat_metrics, score, summary, write_metrics_json
+from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ssl_bench.train.distributed import DistContext, barrier, broadcast_object
+from ssl_bench.train.loop import train
+
+log = logging.getLogger("ssl_bench")
+
+
+@dataclass
+class RunOutcome:
+    method: str
+    run_dir: Path
+    run_id: int | None
+    metrics: dict[str, float]
+
+
+@dataclass
+class Checked:
+    """A config with its dataset checked for it and its evaluators built: what a run needs before it
+    may write anything (``ssl-bench run`` checks every method's before the first one trains)."""
+
+    cfg: Any
+    dataset: Any
+    evaluators: list[BuiltEvaluator]
+
+
+def check_run(cfg: Any, registry: Any, dataset: Any = None) -> Checked:
+    """Load the dataset (unless given), check it for ``cfg`` and build ``cfg``'s evaluators."""
+    dataset = load_dataset(cfg, registry) if dataset is None else dataset
+    validate_dataset(dataset, cfg)
+    return Checked(cfg, dataset, build_evaluators(cfg, registry))
+
+
+def features_key(method: str, model: Any, epoch: int, step: int, is_main: bool) -> dict[str, Any]:
+    """The features cache key of a trained model: how its features are computed and which weights."""
+    weights = {"epoch": int(epoch), "step": int(step), "sha256": weights_fingerprint(model) if is_main else None}
+    return {"features": model.probe_protocol(), "method": method, "weights": weights}
+
+
+def method_subject(model: Any, key: dict[str, Any], dataset: Any, device: torch.device, source: str, recompute: bool = False) -> Subject:
+    """A trained (or loaded) method as what is scored: its probe features and its own evaluations."""
+    return Subject(
+        fn=model.probe_features, cache_key=key, feature=key["features"],
+        extra=lambda: model.extra_evaluations(dataset, device), extra_source=source, recompute=recompute,
+    )
+
+
+def run_method(
+    method: str, cfg: Any, store: Any, ctx: DistContext, dataset: Any = None, resume: str | Path | bool | None = None,
+    registry: Any = None, *, checked: Checked | None = None, results: str | Path | None = None,
+) -> RunOutcome:
+    """Train ``method`` with ``cfg``, score it and record it; or continue ``resume`` (a run dir, or True
+    for the latest run of the method) exactly: ``cfg`` must then equal the checkpoint's config up to
+    ``RESUME_FREE_KEYS``. ``cfg`` is a resolved config (``method_config`` / the resume's own).
+
+    ``store`` is used on the main rank only (None elsewhere); ``results``: its path, for the resume
+    command a stopped run prints. ``checked``: the dataset and evaluators already checked for ``cfg``.
+    """
+    from ssl_bench.registry import get_registry
+
+    registry = registry or get_registry()
+    checked = checked or check_run(cfg, registry, dataset)
+    dataset = checked.dataset
+    state, run_dir = None, None
+    if resume:
+        run_dir = resume_dir(resume, cfg, method)
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME)  # a corrupt checkpoint fails here, untouched
+        refuse_changed_settings(run_dir, stored_config(run_dir, state), cfg)
+    model = build_model(cfg, registry, dataset.info, state, run_dir)  # a failed build leaves nothing behind
+    run_id, finished_before = None, False
+    if ctx.is_main:
+        if resume:
+            remove_partial_writes(run_dir)
+            run_id = find_run(store, run_dir)
+            finished_before = run_id is not None and store.get_run(run_id).status == "finished"
+        else:
+            run_dir = claim_run_dir(cfg, method)
+    run_dir = Path(broadcast_object(str(run_dir) if run_dir is not None else None, ctx))
+    model.run_dir = run_dir  # where a method writes its own artefacts (PCA bases, figures)
+    handler = None
+    if ctx.is_main:
+        if not resume:
+            cfg.dump(str(run_dir / "config.py"))
+            atomic_write_text(run_dir / "config.json", config_to_json(cfg))
+        handler = _attach_logfile(run_dir)
+        if run_id is None:
+            run_id = store.add_run(run_record(cfg, method, run_dir, ctx.device, epochs=cfg.train.epochs,
+                                              uses_labels=bool(getattr(model, "uses_labels", False))))
+        elif not finished_before:
+            store.update_run(run_id, status="running")  # re-claims it for this process
+    barrier(ctx)
+    metrics: dict[str, float] = {}
+    command = resume_command(method, run_dir, results)
+    try:
+        with recording(store, run_id, finished_before=finished_before), _interrupt_names(command):
+            model.to(ctx.device)
+            if state is None:
+                model.prepare(dataset.train, torch.Generator(device=ctx.device).manual_seed(cfg.seed))
+            else:
+                model.on_resume(dataset.train)
+            result = train(model, dataset.train, cfg, run_dir, ctx, resume=state is not None, resume_state=state,
+                           resume_command=command)
+            del state
+            model.eval()
+            key = features_key(method, model, result.epochs, result.steps, ctx.is_main)
+            source = f"method '{method}' from package '{registry.entry('method', method).package}'"
+            subject = method_subject(model, key, dataset, ctx.device, source)
+            recorded = score(subject, dataset, run_dir, checked.evaluators, cfg, ctx)
+            if ctx.is_main:
+                write_metrics_json(run_dir, recorded)
+                record_scores(store, run_id, recorded, finished_before=finished_before, wall_time_s=result.wall_time_s,
+                              throughput_img_s=result.throughput_img_s, peak_mem_mb=result.peak_mem_mb)
+                metrics = flat_metrics(recorded)
+                log.info("%s: %s (run dir %s)", method, summary(metrics), run_dir)
+    finally:
+        if handler is not None:
+            logging.getLogger("ssl_bench").removeHandler(handler)
+            handler.close()
+    barrier(ctx)
+    return RunOutcome(method, run_dir, run_id, metrics)
+
+
+@contextlib.contextmanager
+def _interrupt_names(command: str) -> Iterator[None]:
+    """A Ctrl-C outside the training loop (which stops at a step boundary itself) says how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted; the run is marked 'interrupted' and its last checkpoint is kept. Resume with: {command}") from None
+
+
+def _attach_logfile(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logging.getLogger("ssl_bench").addHandler(handler)
+    return handler
+
+
+def load_trained_method(run_dir: str | Path, registry: Any = None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(config, dataset, method with the checkpoint's weights on CPU, the checkpoint) of a run directory.
+
+    The config comes from ``config.json`` (data), never from ``config.py``: a run directory may come
+    from someone else, and a Python config file would execute whatever it contains.
+    """
+    from ssl_bench.registry import get_registry
+
+    registry = registry or get_registry()
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
+    dataset = load_dataset(cfg, registry)
+    model = build_model(cfg, registry, dataset.info, state, run_dir)
+    model.run_dir = run_dir
+    return cfg, dataset, model, state
+
+
+def evaluate_run(
+    run_dir: str | Path, store: Any, device: torch.device, recompute: bool = False, registry: Any = None,
+    ctx: DistContext | None = None, results: str | Path | None = None,
+) -> RunOutcome:
+    """``ssl-bench eval RUN_DIR``: rebuild the method from its config, load its checkpoint, re-score.
+
+    A checkpoint from before the run's last epoch is refused (it is not the trained model; scoring it
+    would record a finished N-epoch run with fewer epochs' weights): the message names where it
+    stopped and the command that finishes it. ``ctx``: None (one process) or, under torchrun, every
+    rank's context (every rank calls; only the main rank touches ``store``).
+    """
+    from ssl_bench.registry import get_registry
+
+    registry = registry or get_registry()
+    ctx = ctx or DistContext(0, 1, 0, device)
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    method = cfg.method.name
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
+    stopped = stopped_before_the_end(state, cfg)
+    if stopped:
+        raise CheckpointError(
+            f"{run_dir} stopped at {stopped}: its checkpoint is not the trained {cfg.train.epochs}-epoch model, so "
+            f"scoring it would record a finished run with the wrong weights. Finish training first: "
+            f"{resume_command(method, run_dir, results)}; nothing was recorded"
+        )
+    checked = check_run(cfg, registry)
+    model = build_model(cfg, registry, checked.dataset.info, state, run_dir)
+    model.run_dir = run_dir
+    model.to(device).eval()
+    key = features_key(method, model, state["epoch"], state.get("step", 0), ctx.is_main)
+    del state
+    source = f"method '{method}' from package '{registry.entry('method', method).package}'"
+    subject = method_subject(model, key, checked.dataset, device, source, recompute)
+    recorded = score(subject, checked.dataset, run_dir, checked.evaluators, cfg, ctx)
+    if not ctx.is_main:
+        return RunOutcome(method, run_dir, None, {})
+    remove_partial_writes(run_dir)
+    write_metrics_json(run_dir, recorded)
+    run_id = find_run(store, run_dir)
+    if run_id is None:
+        run_id = store.add_run(run_record(cfg, method, run_dir, device, epochs=cfg.train.epochs,
+                                          uses_labels=bool(getattr(model, "uses_labels", False))))
+        record_scores(store, run_id, recorded, finished_before=False)
+    else:  # a run interrupted or failed after training: a full evaluation finishes it
+        record_scores(store, run_id, recorded, finished_before=store.get_run(run_id).status == "finished")
+    return RunOutcome(method, run_dir, run_id, flat_metrics(recorded))

@@ -1,0 +1,158 @@
+"""The one scoring sequence, used by a new run, a resume, ``ssl-bench eval`` and every baseline:
+
+    frozen features (cached, keyed by the weights that made them)
+      -> evaluators that need the model (the augmented linear probe; every rank takes part)
+      -> evaluators on the cached features (main rank)
+      -> the method's own evaluations (a diffusion model's NLL)
+      -> every result checked, then recorded
+
+An evaluator is code from any package, so what it returns is checked before anything is written:
+an exception, a result that is not ``EvalResult``-like, a metric that is not a finite number, or an
+accuracy outside [0, 1] (a percentage) is one line naming the evaluator and its package, and nothing
+(no ``metrics.json``, no store row) is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssl_bench.errors import SSLBenchError
+from ssl_bench.eval.features import cached_features
+from ssl_bench.files import atomic_write_text
+from ssl_bench.results.store import is_accuracy_metric
+from ssl_bench.run.build import BuiltEvaluator
+
+METRICS_JSON = "metrics.json"
+
+#: {evaluator: (metrics, protocol)}, the shape the store and metrics.json take.
+Recorded = dict[str, tuple[dict[str, float], dict[str, Any]]]
+
+
+class EvaluatorError(SSLBenchError):
+    """An evaluator failed or returned something that cannot be recorded; nothing was written."""
+
+
+@dataclass
+class Subject:
+    """What is scored: a feature function and how it is described and cached."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]  # normalised images [N, C, H, W] -> features [N, D]
+    cache_key: dict[str, Any]  # the features cache is reused only for an equal key (weights included)
+    feature: Any  # the "features" entry of every metric's protocol record
+    label: str = ""  # progress-bar prefix
+    extra: Callable[[], Sequence[tuple[str, Any]]] | None = None  # the method's own evaluations
+    extra_source: str = ""  # who provides ``extra`` (for messages), e.g. "method 'ddm' from package 'ssl-bench'"
+    recompute: bool = False  # ignore a cached features file
+
+
+def _fail(source: str, what: str, fix: str) -> EvaluatorError:
+    return EvaluatorError(f"{source} {what}; nothing was recorded. Fix: {fix}")
+
+
+def checked_result(source: str, result: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metrics, protocol) of an evaluator's result, or one EvaluatorError naming ``source``."""
+    metrics, protocol = getattr(result, "metrics", None), getattr(result, "protocol", {})
+    if not isinstance(metrics, Mapping) or not isinstance(protocol, Mapping):
+        raise _fail(source, f"returned {type(result).__name__} {str(result)[:60]!r}, not an EvalResult",
+                    "return ssl_bench.eval.base.EvalResult(metrics={name: float}, protocol={...})")
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if value is None:  # "not computed": stored as such
+            out[str(name)] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, (Real, torch.Tensor)) or (isinstance(value, torch.Tensor) and value.numel() != 1):
+            raise _fail(source, f"returned metric {name!r} = {str(value)[:40]!r}, not a number", "return plain floats")
+        number = float(value)
+        if not math.isfinite(number):
+            raise _fail(source, f"returned metric {name!r} = {number}", "return a finite number (a NaN usually means the evaluation diverged)")
+        if is_accuracy_metric(str(name)) and not 0.0 <= number <= 1.0:
+            raise _fail(source, f"returned accuracy {name!r} = {number:g}, outside [0, 1]",
+                        "accuracies are fractions in [0, 1] (divide a percentage by 100)")
+        out[str(name)] = number
+    try:
+        json.dumps(dict(protocol), default=str)
+    except (TypeError, ValueError) as exc:
+        raise _fail(source, f"returned a protocol record that is not JSON ({exc})", "make the protocol a dict of plain values") from None
+    return out, dict(protocol)
+
+
+def _call(source: str, call: Callable[[], Any]) -> Any:
+    """Run one evaluation; a plugin's own exception becomes one line naming it."""
+    try:
+        return call()
+    except SSLBenchError:  # already one clear line (a diverged probe, bad inputs)
+        raise
+    except Exception as exc:
+        raise _fail(source, f"raised {type(exc).__name__}: {str(exc)[:200]}", "this is a bug in that package; report it there, "
+                    "or leave the evaluator out (--set eval.evaluators=...)") from exc
+
+
+def describe(ev: BuiltEvaluator) -> str:
+    return f"evaluator '{ev.name}' from package '{ev.package}'"
+
+
+def score(
+    subject: Subject, dataset: Any, run_dir: Path, evaluators: list[BuiltEvaluator], cfg: Any, ctx: Any,
+) -> Recorded | None:
+    """Score ``subject`` with ``evaluators``; the checked results on the main rank, None on the others.
+
+    Under torchrun every rank calls this: each extracts its shard of the features and of the
+    augmented probe's batches; only the main rank evaluates features and gets the results.
+    """
+    device = ctx.device
+    feats = cached_features(run_dir, subject.fn, dataset, cfg.eval.batch_size, device, subject.cache_key,
+                            recompute=subject.recompute, ctx=ctx, label=subject.label)
+    image_results: dict[str, Any] = {}
+    for ev in evaluators:
+        if ev.needs_images:
+            res = _call(describe(ev), lambda ev=ev: ev.evaluator.evaluate_images(
+                subject.fn, dataset.train, dataset.info, feats, dataset.info.num_classes, device, ctx))
+            if res is not None:
+                image_results[ev.name] = res
+    if not ctx.is_main:
+        return None
+    if device.type == "cuda":  # GPU k-NN and probe
+        feats = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feats.items()}
+    recorded: Recorded = {}
+    for ev in evaluators:
+        if ev.needs_images:
+            res = image_results[ev.name]
+        else:
+            res = _call(describe(ev), lambda ev=ev: ev.evaluator(
+                feats["train"], feats["train_labels"], feats["test"], feats["test_labels"], dataset.info.num_classes))
+        metrics, protocol = checked_result(describe(ev), res)
+        recorded[ev.name] = (metrics, {**protocol, "features": subject.feature})
+    if subject.extra is not None:
+        for name, res in _call(subject.extra_source, subject.extra):
+            metrics, protocol = checked_result(f"{subject.extra_source} (evaluation '{name}')", res)
+            recorded[name] = (metrics, {**protocol, "features": subject.feature})
+    return recorded
+
+
+def flat_metrics(recorded: Recorded) -> dict[str, float]:
+    """Every evaluator's metrics in one dict (later evaluators win a shared name)."""
+    flat: dict[str, float] = {}
+    for metrics, _ in recorded.values():
+        flat.update(metrics)
+    return flat
+
+
+def summary(metrics: Mapping[str, float]) -> str:
+    """The headline accuracies as one log line (``knn_top1 63.6%, linear_top1 89.7%``)."""
+    return ", ".join(f"{k} {100 * v:.1f}%" for k, v in metrics.items() if k in ("knn_top1", "linear_top1") and v is not None)
+
+
+def write_metrics_json(run_dir: Path, recorded: Recorded) -> None:
+    """``RUN_DIR/metrics.json``: every evaluator's metrics and protocol, atomically (a kill or a full
+    disk leaves the previous file whole). Evaluators in scoring order; each record as it was
+    produced, so a resumed run writes the same bytes as an uninterrupted one."""
+    text = json.dumps({n: {"metrics": m, "protocol": p} for n, (m, p) in recorded.items()}, indent=1, default=str)
+    atomic_write_text(Path(run_dir) / METRICS_JSON, text)
