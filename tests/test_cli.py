@@ -52,6 +52,18 @@ def test_run_eval_leaderboard(capsys, tmp_path):
     assert csv.splitlines()[0].startswith("method") and "mae" in csv
     assert main(["leaderboard", "--layout", "table4", "--out", out]) == 0
     assert "paper" in capsys.readouterr().out
+    assert main(["leaderboard", "--results", out]) == 0  # a folder holding results.db
+    assert "| mae" in capsys.readouterr().out
+    assert main(["leaderboard", "--out", out, "--dataset", "nosuch"]) == 2  # an empty table says why
+    err = capsys.readouterr().err
+    assert "no finished runs for dataset 'nosuch'" in err and "datasets there: digits" in err and err.count("\n") == 1
+
+
+def test_eval_help_says_config_json_as_the_readme_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "config.json" in text and "never executing config.py" in text
 
 
 def test_leaderboard_without_store(capsys, tmp_path):

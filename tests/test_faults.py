@@ -279,11 +279,16 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     proc.communicate()
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # still a whole, loadable checkpoint
     assert state["epoch"] == 1
+    assert (run_dir / "checkpoint.pt.tmp").is_file()  # the killed write's leftover
     (run_dir / "WRITING").unlink()
-    resumed = cli(*RUN, "--resume", cwd=tmp_path)  # the stale temp file does not get in the way
+    later = cli("run", "mae", "--backbone", "vit-nano", "--out", "runs", "--no-baselines", "--epochs", "1", "--set", *TINY, cwd=tmp_path)
+    assert later.returncode == 0, later.stderr[-2000:]
+    assert not (run_dir / "checkpoint.pt.tmp").exists()  # the command that found the run dead cleared it
+    assert [r["status"] for r in runs_table(tmp_path)] == ["interrupted", "finished"]
+    resumed = cli(*RUN, "--resume", str(run_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 5
-    assert [r["status"] for r in runs_table(tmp_path)] == ["finished"]
+    assert [r["status"] for r in runs_table(tmp_path)] == ["finished", "finished"]
 
 
 _SLOW_EVALUATION = textwrap.dedent("""

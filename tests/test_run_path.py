@@ -293,3 +293,67 @@ def test_a_refused_deconstruct_makes_no_store(tmp_path):
                               "--data-root", "nowhere", cwd=tmp_path))
     assert "nowhere" in line
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------ a full disk
+
+
+def _tmpfs_works(probe: Path) -> bool:
+    """Whether ``unshare -rm`` may mount a small tmpfs here (user + mount namespaces): a real full disk."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return False
+    probe.mkdir()
+    try:
+        proc = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=16k tmpfs {probe} && "
+                               f"! dd if=/dev/zero of={probe}/x bs=1k count=32 2>/dev/null"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+_ON_A_SMALL_DISK = """
+import json, subprocess, sys
+bin_, size_kb, tiny = sys.argv[1], sys.argv[2], sys.argv[3:]
+run = [bin_, "run", "mae", "--backbone", "vit-nano", "--out", "runs", "--epochs", "1", "--set", *tiny]
+out = {}
+p = subprocess.run(run, capture_output=True, text=True)
+out["run"] = [p.returncode, p.stderr]
+if p.returncode == 0:  # then fill the disk and try every writer again
+    subprocess.run(["dd", "if=/dev/zero", "of=filler", "bs=4k"], capture_output=True)
+    for name, args in {"resume": ["run", "mae", "--backbone", "vit-nano", "--out", "runs", "--resume"],
+                       "eval": ["eval", "runs/digits/vit-nano/mae-s0", "--recompute", "--out", "runs"],
+                       "new run": run[1:]}.items():
+        p = subprocess.run([bin_, *args], capture_output=True, text=True)
+        out[name] = [p.returncode, p.stderr]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size_kb", [16, 64, 600, 1700, 1800, 2000, 2400, 6000])
+def test_a_full_disk_is_one_line_on_every_path(tmp_path, size_kb):
+    """The out folder on a real, small file system (a tmpfs in a private namespace), of sizes that
+    run out at different writes (the store, the config, a checkpoint, the features, metrics.json, a
+    baseline); at the largest the run fits and the disk is then filled before a resume, an eval and
+    a new run. Every command either succeeds or says in one line that the disk is full."""
+    if not _tmpfs_works(tmp_path / "probe"):
+        pytest.skip("no unprivileged tmpfs mount here (unshare -rm)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    driver = tmp_path / "driver.py"
+    driver.write_text(_ON_A_SMALL_DISK)
+    argv = " ".join(shlex.quote(a) for a in [sys.executable, str(driver), str(BIN / "ssl-bench"), str(size_kb), *TINY, "train.warmup_epochs=0"])
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size={size_kb}k tmpfs {shlex.quote(str(disk))} && "
+                           f"cd {shlex.quote(str(disk))} && {argv}"], capture_output=True, text=True, env=_env(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, (code, err) in results.items():
+        assert "Traceback" not in err and "Logging error" not in err, (name, err[-3000:])
+        if code != 0:
+            errors = [line for line in err.splitlines() if line.startswith("ssl-bench: error:")]
+            assert code == 2 and len(errors) == 1, (name, code, err[-3000:])
+            assert any(w in errors[0].lower() for w in ("no space left on device", "disk is full")), (name, errors[0])
+    if size_kb == 6000:
+        assert results["run"][0] == 0 and set(results) == {"run", "resume", "eval", "new run"}

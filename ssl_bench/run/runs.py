@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,8 +169,21 @@ def _interrupt_names(command: str) -> Iterator[None]:
         raise RunInterrupted(f"interrupted; the run is marked 'interrupted' and its last checkpoint is kept. Resume with: {command}") from None
 
 
+class _RunLog(logging.FileHandler):
+    """``RUN_DIR/train.log``. A write that fails (a full disk) detaches the file with one warning
+    line instead of logging's multi-line "--- Logging error ---" report on every later message."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        logger = logging.getLogger("ssl_bench")
+        logger.removeHandler(self)
+        with contextlib.suppress(Exception):
+            self.close()
+        logger.warning("ssl-bench: warning: %s stopped being written (%s); the run goes on",
+                       self.baseFilename, sys.exc_info()[1])
+
+
 def _attach_logfile(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = _RunLog(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("ssl_bench").addHandler(handler)
     return handler
