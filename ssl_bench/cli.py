@@ -82,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from ssl_bench.registry import get_registry
-    from ssl_bench.results.leaderboard import build_leaderboard, render
+    from ssl_bench.results.leaderboard import build_leaderboard
+    from ssl_bench.results.render import render
     from ssl_bench.runner import load_dataset, method_config, run_baseline, run_method, validate_dataset
     from ssl_bench.train.distributed import init_distributed
 
@@ -169,7 +170,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from ssl_bench.results.leaderboard import build_leaderboard, build_table4, render
+    from ssl_bench.results.leaderboard import build_leaderboard
+    from ssl_bench.results.render import render
+    from ssl_bench.results.table4 import build_table4
     from ssl_bench.results.store import ResultsStore
 
     path = results_path(args)

@@ -37,8 +37,8 @@ from ssl_bench.eval.features import broadcast_flag, cached_features, pixel_featu
 from ssl_bench.methods.parts import build_backbone, keyword_options
 from ssl_bench.provenance import git_commit, package_versions
 from ssl_bench.registry import Registry, get_registry
-from ssl_bench.results.leaderboard import BASELINE_METHOD_NAMES
-from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
+from ssl_bench.results.records import BASELINE_METHOD_NAMES, RunRecord, utc_now
+from ssl_bench.results.store import ResultsStore
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.distributed import DistContext, barrier
 from ssl_bench.train.loop import TrainResult, train
@@ -433,7 +433,7 @@ def run_baseline(
     if broadcast_flag(existing is not None, ctx) and not main:
         return RunOutcome(label, Path("."), None, {})
     if existing is not None:
-        from ssl_bench.results.leaderboard import metrics_by_run
+        from ssl_bench.results.queries import metrics_by_run
 
         values, _ = metrics_by_run(store, [existing])[existing]
         log.info("%s: reusing the stored baseline (run %d)", label, existing)

@@ -44,7 +44,7 @@ class DeconstructCommand:
         import torch
 
         from ssl_bench.registry import get_registry
-        from ssl_bench.results.leaderboard import render
+        from ssl_bench.results.render import render
         from ssl_bench.results.store import ResultsStore
         from ssl_bench.runner import load_dataset
         from ssl_bench.train.distributed import init_distributed
