@@ -6,6 +6,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +17,6 @@ import pandas as pd
 import pytest
 
 from ssl_bench.results import (
-    PAPER_TABLE4,
     ResultsStore,
     SCHEMA_VERSION,
     ResultsStoreError,
@@ -250,14 +250,40 @@ def test_leaderboard_filters_and_knn_k(store: ResultsStore) -> None:
     assert build_leaderboard(ResultsStore(store.path), dataset="nope").empty
 
 
-def test_empty_leaderboard_renders(store: ResultsStore) -> None:
+#: The leaderboard's columns when no run has more than the core metrics (README "Leaderboard").
+EMPTY_LEADERBOARD_COLUMNS = ["method", "backbone", "dataset", "epochs", "k-NN top-1 (k=20)", "linear top-1", "seed",
+                             "wall time (s)", "throughput (img/s)", "labels", "run_id"]
+
+
+def test_empty_leaderboard_renders_its_header(store: ResultsStore) -> None:
     df = build_leaderboard(store)
-    assert df.empty and KNN_COL in df.columns
-    for fmt in ("md", "csv", "html"):
-        assert isinstance(render(df, fmt), str)
+    assert df.empty and list(df.columns) == EMPTY_LEADERBOARD_COLUMNS
+    md = render(df, "md").splitlines()
+    assert len(md) == 2 and [c.strip() for c in md[0].strip("|").split("|")] == EMPTY_LEADERBOARD_COLUMNS
+    assert set(md[1]) <= {"|", "-", ":"}  # the separator, and no data row
+    assert render(df, "csv") == ",".join(EMPTY_LEADERBOARD_COLUMNS) + "\n"
+    html = render(df, "html")
+    assert re.findall(r"<th>(.*?)</th>", html) == EMPTY_LEADERBOARD_COLUMNS and "<td>" not in html
 
 
 # -- Table 4 -------------------------------------------------------------------------
+
+#: l-DAE paper: Chen, Liu, Xie, He, "Deconstructing Denoising Diffusion Models for Self-Supervised
+#: Learning" (2024, arXiv 2401.14404), Table 4: ImageNet-1k linear-probe top-1 (%), (ViT-B, ViT-L).
+PAPER_TABLE4_TOP1 = {"mocov3": (76.7, 77.6), "mae": (68.0, 75.8), "ldae": (66.6, 75.0)}
+#: The same table's pre-training epochs (MoCo v3 300; MAE and l-DAE 1600).
+PAPER_TABLE4_EPOCHS = {"mocov3": 300, "mae": 1600, "ldae": 1600}
+
+
+def test_table4_notes_state_the_papers_epochs(store: ResultsStore) -> None:
+    for method in PAPER_TABLE4_EPOCHS:
+        _finished(store, method, dataset="imagenet-1k", epochs=7, linear=0.5, probe=PAPER_PROBE_RECORD)
+    notes = build_table4(store).set_index("method")["notes"]
+    for method, epochs in PAPER_TABLE4_EPOCHS.items():
+        assert notes[method] == f"ours: imagenet-1k, 7 ep; paper: ImageNet-1k, {epochs} ep"
+    store.finish_run(store.add_run(RunRecord(method="mocov3", backbone="vit-b", dataset="imagenet-1k", epochs=300)),
+                     {"linear": ({"linear_top1": 0.7}, PAPER_PROBE_RECORD)})
+    assert build_table4(store).set_index("method").loc["mocov3", "notes"] == ""  # the paper's setting
 
 
 def test_table4_layout_paper_numbers_and_notes(store: ResultsStore) -> None:
@@ -271,9 +297,9 @@ def test_table4_layout_paper_numbers_and_notes(store: ResultsStore) -> None:
     assert list(df.columns) == ["method", "vit-b ours", "vit-b paper", "vit-l ours", "vit-l paper",
                                 "resnet-18 ours", "resnet-18 paper", "notes"]
     t = df.set_index("method")
-    for method, nums in PAPER_TABLE4.items():
-        assert t.loc[method, "vit-b paper"] == nums["vit-b"]
-        assert t.loc[method, "vit-l paper"] == nums["vit-l"]
+    for method, (vit_b, vit_l) in PAPER_TABLE4_TOP1.items():
+        assert (t.loc[method, "vit-b paper"], t.loc[method, "vit-l paper"]) == (vit_b, vit_l)
+    assert pd.isna(t.loc["pixels", "vit-b paper"]) and pd.isna(t.loc["pixels", "vit-l paper"])
     assert t.loc["mae", "vit-b ours"] == 81.2
     assert pd.isna(t.loc["mae", "vit-l ours"])
     assert t.loc["mae", "notes"] == "ours: fashion-mnist, 1 ep; paper: ImageNet-1k, 1600 ep"
