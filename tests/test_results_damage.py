@@ -133,3 +133,22 @@ def test_a_full_disk_when_creating_the_store(tmp_path: Path, monkeypatch: pytest
         ResultsStore(tmp_path / "out" / "results.db")
     msg = str(info.value)
     assert "the disk is full" in msg and "free space on that disk" in msg and "\n" not in msg
+
+
+def test_one_run_with_many_damaged_metrics_is_one_warning_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "results.db"
+    with ResultsStore(path) as s:
+        rid = s.add_run(RunRecord(method="mae", run_dir="runs/mae-s0", dataset="digits"))
+        s.finish_run(rid, {"knn": ({"knn_top1": 0.4, "knn_top1_k10": 0.41}, {"headline_k": 20}),
+                           "linear": ({"linear_top1": 0.5, "linear_top5": 0.9}, {})})
+    with sqlite3.connect(path) as c:
+        c.execute("UPDATE metrics SET protocol_json = '{not json'")
+    c.close()
+    with ResultsStore(path, readonly=True) as s:
+        md = render(build_leaderboard(s), "md")
+        build_leaderboard(s)  # read again: nothing new to say
+    (msg,) = _warnings(caplog)
+    assert msg.startswith(f"{path}: run 1 (runs/mae-s0) has a damaged metrics.protocol_json value (4 metrics: "
+                          "evaluator 'knn', metric 'knn_top1'; ")
+    assert "\n" not in msg and "shown as damaged" in msg
+    assert _cell(md, "mae", LINEAR_COL) == "damaged"

@@ -77,4 +77,5 @@ class FrameReader:
                 sound[rid] = self.damage.run_is_sound({"id": rid, **{k: v for k, v in rec.items() if k in RUN_FIELDS}})
             if sound[rid] and self.damage.metric_is_sound(rec):
                 kept.append(tuple(rec[c] for c in cols))
+        self.damage.flush()
         return self._to_frame(cols, kept)
