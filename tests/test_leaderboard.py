@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ssl_bench.results import ResultsStore, ResultsStoreError, RunRecord, build_leaderboard, build_table4, render
+from ssl_bench.results import ResultsStore, RunRecord, build_leaderboard, build_table4, render
 from ssl_bench.results.columns import KNN_COL, LINEAR_COL
 from ssl_bench.results.queries import finished_runs, knn_top1_k20, metrics_by_run
 from ssl_bench.results.table4 import PAPER_PROBE
