@@ -24,7 +24,7 @@ from ssl_bench.eval.linear_probe import (
     probe_record,
 )
 from ssl_bench.registry import get_registry
-from ssl_bench.results.leaderboard import build_table4
+from ssl_bench.results.table4 import build_table4
 from ssl_bench.results.store import ResultsStore, RunRecord
 from ssl_bench.run import method_config, run_baseline, run_method
 from ssl_bench.train.distributed import DistContext

@@ -419,15 +419,20 @@ def test_read_only_media_leaderboard_reads_and_every_writer_is_one_line(finished
     assert snapshot(root) == before
 
 
-def test_a_damaged_row_is_one_line_naming_the_run(finished, tmp_path):
+def test_a_damaged_row_is_one_warning_line_naming_the_run(finished, tmp_path):
+    """A damaged metric record costs that value (shown as damaged), not the whole table."""
     root = _copy(finished, tmp_path / "w")
     con = sqlite3.connect(root / "runs" / "results.db")
     run_id = con.execute("SELECT id FROM runs WHERE method = 'mae'").fetchone()[0]
     con.execute("UPDATE metrics SET protocol_json = '{not json' WHERE run_id = ?", (run_id,))
     con.commit()
     con.close()
-    line = one_line_error(cli("leaderboard", "--out", "runs", cwd=root))
-    assert f"run {run_id}" in line or f"run id {run_id}" in line
+    proc = cli("leaderboard", "--out", "runs", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"run {run_id} (" in lines[0] and "metrics.protocol_json" in lines[0], proc.stderr
+    mae = next(line for line in proc.stdout.splitlines() if line.startswith("| mae "))
+    assert "damaged" in mae and "| pixels " in proc.stdout
 
 
 def test_eval_reads_config_json_and_never_executes_config_py(finished, tmp_path):

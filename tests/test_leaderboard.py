@@ -9,15 +9,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ssl_bench.results import ResultsStore, ResultsStoreError, RunRecord, build_leaderboard, build_table4, render
-from ssl_bench.results.leaderboard import (
-    KNN_COL,
-    LINEAR_COL,
-    PAPER_PROBE,
-    finished_runs,
-    knn_top1_k20,
-    metrics_by_run,
-)
+from ssl_bench.results import ResultsStore, RunRecord, build_leaderboard, build_table4, render
+from ssl_bench.results.columns import KNN_COL, LINEAR_COL
+from ssl_bench.results.queries import finished_runs, knn_top1_k20, metrics_by_run
+from ssl_bench.results.table4 import PAPER_PROBE
 
 BASE_COLUMNS = ["method", "backbone", "dataset", "epochs", KNN_COL, LINEAR_COL]
 TAIL_COLUMNS = ["seed", "wall time (s)", "throughput (img/s)", "labels", "run_id"]
@@ -94,11 +89,15 @@ def test_clashing_metric_names_are_qualified(store: ResultsStore) -> None:
     assert t.loc["b", "depth:score"] == 0.25 and t.loc["a", "seed"] == 0  # the run's seed is untouched
 
 
-def test_a_bad_headline_is_one_line_naming_the_run(store: ResultsStore) -> None:
-    rid = _run(store, "a", {**LINEAR, "segm": ({"miou": 0.5}, {"headline": {"miou": True}})})
-    with pytest.raises(ResultsStoreError) as info:
-        build_leaderboard(store)
-    msg = str(info.value)
+def test_a_bad_headline_is_one_warning_line_naming_the_run(store: ResultsStore, caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged ``"headline"`` declaration is ignored (every metric of that evaluator gets a column),
+    with one warning line naming the run, never a failed table."""
+    rid = _run(store, "a", {**LINEAR, "segm": ({"miou": 0.5, "loss": 0.25}, {"headline": {"miou": True}})})
+    df = build_leaderboard(store)
+    assert list(df.columns) == BASE_COLUMNS + ["miou", "loss"] + TAIL_COLUMNS
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    msg = warnings[0]
     assert "\n" not in msg and f"run {rid} (runs/a-vit-b-cifar10)" in msg and "headline" in msg
     assert "metrics.protocol_json" in msg and "ssl-bench eval runs/a-vit-b-cifar10" in msg
 

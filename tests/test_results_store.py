@@ -6,6 +6,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +17,6 @@ import pandas as pd
 import pytest
 
 from ssl_bench.results import (
-    PAPER_TABLE4,
     ResultsStore,
     SCHEMA_VERSION,
     ResultsStoreError,
@@ -25,14 +25,11 @@ from ssl_bench.results import (
     build_table4,
     render,
 )
-from ssl_bench.results import store as store_mod
-from ssl_bench.results.leaderboard import KNN_COL, LINEAR_COL
-from ssl_bench.results.store import (
-    FinishedRunError,
-    ReadOnlyStoreError,
-    current_host,
-    process_alive,
-)
+from ssl_bench.results import liveness, schema
+from ssl_bench.results.columns import KNN_COL, LINEAR_COL
+from ssl_bench.results.liveness import current_host, process_alive
+from ssl_bench.results.sqlite_file import SQLiteFile
+from ssl_bench.results.store_errors import FinishedRunError, ReadOnlyStoreError
 
 
 @pytest.fixture
@@ -253,14 +250,40 @@ def test_leaderboard_filters_and_knn_k(store: ResultsStore) -> None:
     assert build_leaderboard(ResultsStore(store.path), dataset="nope").empty
 
 
-def test_empty_leaderboard_renders(store: ResultsStore) -> None:
+#: The leaderboard's columns when no run has more than the core metrics (README "Leaderboard").
+EMPTY_LEADERBOARD_COLUMNS = ["method", "backbone", "dataset", "epochs", "k-NN top-1 (k=20)", "linear top-1", "seed",
+                             "wall time (s)", "throughput (img/s)", "labels", "run_id"]
+
+
+def test_empty_leaderboard_renders_its_header(store: ResultsStore) -> None:
     df = build_leaderboard(store)
-    assert df.empty and KNN_COL in df.columns
-    for fmt in ("md", "csv", "html"):
-        assert isinstance(render(df, fmt), str)
+    assert df.empty and list(df.columns) == EMPTY_LEADERBOARD_COLUMNS
+    md = render(df, "md").splitlines()
+    assert len(md) == 2 and [c.strip() for c in md[0].strip("|").split("|")] == EMPTY_LEADERBOARD_COLUMNS
+    assert set(md[1]) <= {"|", "-", ":"}  # the separator, and no data row
+    assert render(df, "csv") == ",".join(EMPTY_LEADERBOARD_COLUMNS) + "\n"
+    html = render(df, "html")
+    assert re.findall(r"<th>(.*?)</th>", html) == EMPTY_LEADERBOARD_COLUMNS and "<td>" not in html
 
 
 # -- Table 4 -------------------------------------------------------------------------
+
+#: l-DAE paper: Chen, Liu, Xie, He, "Deconstructing Denoising Diffusion Models for Self-Supervised
+#: Learning" (2024, arXiv 2401.14404), Table 4: ImageNet-1k linear-probe top-1 (%), (ViT-B, ViT-L).
+PAPER_TABLE4_TOP1 = {"mocov3": (76.7, 77.6), "mae": (68.0, 75.8), "ldae": (66.6, 75.0)}
+#: The same table's pre-training epochs (MoCo v3 300; MAE and l-DAE 1600).
+PAPER_TABLE4_EPOCHS = {"mocov3": 300, "mae": 1600, "ldae": 1600}
+
+
+def test_table4_notes_state_the_papers_epochs(store: ResultsStore) -> None:
+    for method in PAPER_TABLE4_EPOCHS:
+        _finished(store, method, dataset="imagenet-1k", epochs=7, linear=0.5, probe=PAPER_PROBE_RECORD)
+    notes = build_table4(store).set_index("method")["notes"]
+    for method, epochs in PAPER_TABLE4_EPOCHS.items():
+        assert notes[method] == f"ours: imagenet-1k, 7 ep; paper: ImageNet-1k, {epochs} ep"
+    store.finish_run(store.add_run(RunRecord(method="mocov3", backbone="vit-b", dataset="imagenet-1k", epochs=300)),
+                     {"linear": ({"linear_top1": 0.7}, PAPER_PROBE_RECORD)})
+    assert build_table4(store).set_index("method").loc["mocov3", "notes"] == ""  # the paper's setting
 
 
 def test_table4_layout_paper_numbers_and_notes(store: ResultsStore) -> None:
@@ -274,9 +297,9 @@ def test_table4_layout_paper_numbers_and_notes(store: ResultsStore) -> None:
     assert list(df.columns) == ["method", "vit-b ours", "vit-b paper", "vit-l ours", "vit-l paper",
                                 "resnet-18 ours", "resnet-18 paper", "notes"]
     t = df.set_index("method")
-    for method, nums in PAPER_TABLE4.items():
-        assert t.loc[method, "vit-b paper"] == nums["vit-b"]
-        assert t.loc[method, "vit-l paper"] == nums["vit-l"]
+    for method, (vit_b, vit_l) in PAPER_TABLE4_TOP1.items():
+        assert (t.loc[method, "vit-b paper"], t.loc[method, "vit-l paper"]) == (vit_b, vit_l)
+    assert pd.isna(t.loc["pixels", "vit-b paper"]) and pd.isna(t.loc["pixels", "vit-l paper"])
     assert t.loc["mae", "vit-b ours"] == 81.2
     assert pd.isna(t.loc["mae", "vit-l ours"])
     assert t.loc["mae", "notes"] == "ours: fashion-mnist, 1 ep; paper: ImageNet-1k, 1600 ep"
@@ -430,7 +453,7 @@ def test_process_alive_permission_error_means_alive(monkeypatch: pytest.MonkeyPa
     def kill(pid: int, sig: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(store_mod.os, "kill", kill)
+    monkeypatch.setattr(liveness.os, "kill", kill)
     assert process_alive(current_host(), 12345)
 
 
@@ -620,7 +643,7 @@ def test_failed_migration_leaves_v1_intact(tmp_path: Path, monkeypatch: pytest.M
     with sqlite3.connect(path) as c:
         before = (c.execute("SELECT * FROM runs").fetchall(), c.execute("SELECT * FROM metrics").fetchall())
     c.close()
-    monkeypatch.setattr(store_mod, "_RUNS_INDEXES", (*store_mod._RUNS_INDEXES, "CREATE INDEX broken ON nope(x)"))
+    monkeypatch.setattr(schema, "RUNS_INDEXES", (*schema.RUNS_INDEXES, "CREATE INDEX broken ON nope(x)"))
     with pytest.raises(ResultsStoreError, match="nope"):
         ResultsStore(path)
     with sqlite3.connect(path) as c:
@@ -669,14 +692,14 @@ def test_readonly_never_creates(tmp_path: Path) -> None:
     assert not path.parent.exists()
 
 
-def _fail_mode_ro(self: ResultsStore) -> sqlite3.Connection:
+def _fail_mode_ro(self: SQLiteFile) -> sqlite3.Connection:
     raise sqlite3.OperationalError("unable to open database file")  # what a read-only dir gives
 
 
 def test_readonly_falls_back_to_immutable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "results.db"
     _two_runs(path)
-    monkeypatch.setattr(ResultsStore, "_connect_mode_ro", _fail_mode_ro)
+    monkeypatch.setattr(SQLiteFile, "connect_mode_ro", _fail_mode_ro)
     with ResultsStore(path, readonly=True) as s:
         assert s.access_mode == "immutable"
         assert s.runs_frame()["method"].tolist() == ["mae", "mocov3"]
@@ -689,7 +712,7 @@ def test_immutable_fallback_refuses_unread_wal(tmp_path: Path, monkeypatch: pyte
     writer = ResultsStore(path)  # open: its commits sit in results.db-wal, not yet checkpointed
     writer.add_run(RunRecord(method="mae"))
     assert Path(f"{path}-wal").stat().st_size > 0
-    monkeypatch.setattr(ResultsStore, "_connect_mode_ro", _fail_mode_ro)
+    monkeypatch.setattr(SQLiteFile, "connect_mode_ro", _fail_mode_ro)
     with pytest.raises(ResultsStoreError, match="results.db-wal holds changes"):
         ResultsStore(path, readonly=True)
     monkeypatch.undo()
@@ -728,11 +751,12 @@ def test_read_only_directory(tmp_path: Path) -> None:
         ("UPDATE runs SET config_json = '{\"lr\": 0.1' WHERE id = 2", "runs.config_json"),
         ("UPDATE runs SET versions_json = '[1, 2]' WHERE id = 2", "runs.versions_json"),
         ("UPDATE runs SET epochs = 'ten' WHERE id = 2", "runs.epochs"),
-        ("UPDATE metrics SET protocol_json = 'k=20' WHERE run_id = 2", "metrics.protocol_json"),
-        ("UPDATE metrics SET value = 'high' WHERE run_id = 2", "metrics.value"),
     ],
 )
-def test_damaged_row_is_one_line_naming_the_run(tmp_path: Path, sql: str, column: str) -> None:
+def test_a_damaged_run_row_is_skipped_with_one_line_naming_it(tmp_path: Path, sql: str, column: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Readers leave the damaged run out (one warning line naming it); the rest of the file stays
+    usable; a read of that very run (what a write or a resume does first) is refused with that line."""
     path = tmp_path / "results.db"
     with ResultsStore(path) as s:
         _finished(s, "mae", linear=0.5)
@@ -741,16 +765,51 @@ def test_damaged_row_is_one_line_naming_the_run(tmp_path: Path, sql: str, column
         c.execute(sql)
     c.close()
     with ResultsStore(path, readonly=True) as s:
-        readers = [build_leaderboard, build_table4, s.metrics_frame]
-        if column.startswith("runs."):
-            readers += [s.runs_frame, lambda: s.get_run(2)]
-        for read in readers:
-            with pytest.raises(ResultsStoreError) as info:
-                read(s) if read in (build_leaderboard, build_table4) else read()
-            msg = str(info.value)
-            assert "\n" not in msg and "run 2 (runs/moco-s0)" in msg and column in msg
-            assert str(path) in msg and "Fix:" in msg
+        assert s.runs_frame()["id"].tolist() == [1]
+        assert set(s.metrics_frame()["run_id"]) == {1}
+        assert build_leaderboard(s)["method"].tolist() == ["mae"]
+        assert pd.isna(build_table4(s).set_index("method").loc["mocov3", "vit-b ours"])  # not shown
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1  # once per damaged value, however many readers met it
+        msg = warnings[0]
+        assert "\n" not in msg and "run 2 (runs/moco-s0)" in msg and column in msg and str(path) in msg
+        assert "skipped" in msg and "Fix: delete that run" in msg
+        with pytest.raises(ResultsStoreError) as info:
+            s.get_run(2)
+        assert "\n" not in str(info.value) and "run 2 (runs/moco-s0)" in str(info.value) and column in str(info.value)
         assert s.get_run(1).method == "mae"  # other rows still read
+
+
+@pytest.mark.parametrize(
+    "sql, column",
+    [
+        ("UPDATE metrics SET protocol_json = 'k=20' WHERE run_id = 2", "metrics.protocol_json"),
+        ("UPDATE metrics SET value = 'high' WHERE run_id = 2", "metrics.value"),
+    ],
+)
+def test_a_damaged_metric_is_shown_as_damaged(tmp_path: Path, sql: str, column: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "results.db"
+    with ResultsStore(path) as s:
+        _finished(s, "mae", linear=0.5)
+        _finished(s, "mocov3", linear=0.6, run_dir="runs/moco-s0")
+    with sqlite3.connect(path) as c:
+        c.execute(sql)
+    c.close()
+    with ResultsStore(path, readonly=True) as s:
+        m = s.metrics_frame().set_index("run_id")
+        assert pd.isna(m.loc[2, "value"]) and m.loc[2, "damaged"].startswith(column)
+        assert m.loc[1, "value"] == 0.5 and pd.isna(m.loc[1, "damaged"])
+        df = build_leaderboard(s)
+        assert df["method"].tolist() == ["mae", "mocov3"]  # no number: sorted after the runs that have one
+        assert pd.isna(df.set_index("method").loc["mocov3", LINEAR_COL])
+        lines = render(df, "md").splitlines()
+        header = [c.strip() for c in lines[0].split("|")]
+        row = [c.strip() for c in next(line for line in lines if "mocov3" in line).split("|")]
+        assert row[header.index(LINEAR_COL)] == "damaged" and "60.0" not in row
+        msg = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+        assert "\n" not in msg and "run 2 (runs/moco-s0)" in msg and column in msg
+        assert "metric 'linear_top1'" in msg and "ssl-bench eval runs/moco-s0" in msg
 
 
 def test_malformed_file_mid_read_is_one_line(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from ssl_bench.errors import ConfigError
 from ssl_bench.eval.features import pixel_features
-from ssl_bench.results.leaderboard import BASELINE_METHOD_NAMES, metrics_by_run  # -> results.queries (helper A)
+from ssl_bench.results import BASELINE_METHOD_NAMES, metrics_by_run
 from ssl_bench.run.assemble import build_backbone
 from ssl_bench.run.build import build_model
 from ssl_bench.run.ledger import claim_run_dir, recording, run_record

@@ -27,7 +27,7 @@ from ssl_bench.config import config_to_json
 from ssl_bench.errors import RunInterrupted, SSLBenchError, TrainingInterrupted
 from ssl_bench.files import remove_partial_writes
 from ssl_bench.provenance import git_commit, package_versions
-from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
+from ssl_bench.results import ResultsStore, RunRecord, utc_now
 
 log = logging.getLogger("ssl_bench")
 

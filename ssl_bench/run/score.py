@@ -27,7 +27,7 @@ import torch
 from ssl_bench.errors import SSLBenchError
 from ssl_bench.eval.features import cached_features
 from ssl_bench.files import atomic_write_text
-from ssl_bench.results.store import is_accuracy_metric
+from ssl_bench.results import is_accuracy_metric
 from ssl_bench.run.build import BuiltEvaluator
 
 METRICS_JSON = "metrics.json"

@@ -41,7 +41,7 @@ import pandas as pd
 
 from ssl_bench.config import _check_keys_exist, config_to_json
 from ssl_bench.errors import ConfigError
-from ssl_bench.results.leaderboard import finished_runs, knn_top1_k20, metrics_by_run
+from ssl_bench.results.queries import finished_runs, knn_top1_k20, metrics_by_run
 
 log = logging.getLogger("ssl_bench")
 
