@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ssl_bench.registry import get_registry
     from ssl_bench.results.leaderboard import build_leaderboard, render
     from ssl_bench.runner import load_dataset, method_config, run_baseline, run_method, validate_dataset
-    from ssl_bench.train.distributed import init_distributed
+    from ssl_bench.distributed import init_distributed
 
     registry = get_registry()
     for m in args.methods:  # fail before any training if one name is wrong
@@ -158,7 +158,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ssl_bench.results.store import ResultsStore
     from ssl_bench.runner import evaluate_run
-    from ssl_bench.train.distributed import resolve_device
+    from ssl_bench.distributed import resolve_device
 
     store = ResultsStore(results_path(args))
     store.mark_stale_runs()

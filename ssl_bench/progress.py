@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from ssl_bench.train.distributed import is_main_rank
+from ssl_bench.distributed import is_main_rank
 
 T = TypeVar("T")
 

@@ -33,14 +33,14 @@ from ssl_bench.config import config_to_json, flat_keys, load_config
 from ssl_bench.config_schema import validate_config
 from ssl_bench.errors import CheckpointError, ConfigError, SSLBenchError, TrainingInterrupted
 from ssl_bench.eval.base import EvalResult
-from ssl_bench.eval.features import broadcast_flag, cached_features, pixel_features
+from ssl_bench.eval.features import cached_features, pixel_features
 from ssl_bench.methods.parts import build_backbone, keyword_options
 from ssl_bench.provenance import git_commit, package_versions
 from ssl_bench.registry import Registry, get_registry
 from ssl_bench.results.leaderboard import BASELINE_METHOD_NAMES
 from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ssl_bench.train.distributed import DistContext, barrier
+from ssl_bench.distributed import DistContext, barrier, broadcast_flag
 from ssl_bench.train.loop import TrainResult, train
 
 log = logging.getLogger("ssl_bench")
@@ -344,7 +344,7 @@ def run_method(
             model.prepare(dataset.train, torch.Generator(device=ctx.device).manual_seed(cfg.seed))
         else:
             model.on_resume(dataset.train)
-        result: TrainResult = train(model, dataset.train, cfg, run_dir, ctx, resume=bool(resume), resume_state=state)
+        result: TrainResult = train(model, dataset.train, cfg, run_dir, ctx, resume_state=state)
         del state
         model.eval()
         protocol = {"features": model.probe_protocol(), "method": method}

@@ -27,7 +27,7 @@ from ssl_bench.registry import get_registry
 from ssl_bench.results.leaderboard import build_table4
 from ssl_bench.results.store import ResultsStore, RunRecord
 from ssl_bench.runner import evaluate_features, method_config, run_baseline, run_method
-from ssl_bench.train.distributed import DistContext
+from ssl_bench.distributed import DistContext
 from tests.conftest import make_imagefolder
 
 CPU = torch.device("cpu")

@@ -19,7 +19,6 @@ from torchvision.transforms.v2 import functional as F2
 
 from ssl_bench.data import FolderSplit as PackageFolderSplit
 from ssl_bench.data import TensorSplit
-from ssl_bench.data.base import FolderSplit as BaseFolderSplit
 from ssl_bench.data.crops import (
     CropSpec,
     crop_box,
@@ -133,8 +132,8 @@ def test_view_boxes_differ_across_views_samples_and_epochs() -> None:
 # ------------------------------------------------------------------------ views
 
 
-def test_imports_keep_working() -> None:
-    assert BaseFolderSplit is FolderSplit and PackageFolderSplit is FolderSplit
+def test_the_package_exports_the_folder_split() -> None:
+    assert PackageFolderSplit is FolderSplit
 
 
 def test_views_shape_dtype_and_labels(folder: Path) -> None:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ssl_bench.data import datasets as ds
+from ssl_bench.data import FolderSplit
 from ssl_bench.data.base import (
     DatasetInfo,
-    FolderSplit,
     ImageDataset,
     TensorSplit,
     balanced_subset_indices,

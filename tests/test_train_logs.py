@@ -14,6 +14,7 @@ from torch import Tensor
 from ssl_bench.components.base import StepOutput
 from ssl_bench.train.epoch_log import EpochLogs, MetricsWriter
 from ssl_bench.train.loop import train
+from ssl_bench.train.resume import load_for_resume
 from tests.test_train_loop import CPU, MeanFeatureLoss, make_run
 
 
@@ -127,7 +128,7 @@ def _killed_in_epoch_4_then_resumed(tmp_path):
 
     resumed, _, _, _ = make_run(tmp_path, CountingLogs, "train.epochs=4", "train.checkpoint_every=2")
     resumed.calls = 2 * 3  # the call counter is not model state: start it where epoch 3 starts
-    train(resumed, split, cfg, run_dir, CPU, resume=True)
+    train(resumed, split, cfg, run_dir, CPU, resume_state=load_for_resume(resumed, run_dir))
     return full_dir, run_dir
 
 

@@ -13,6 +13,7 @@ from ssl_bench.components.base import StepOutput
 from ssl_bench.errors import NonFiniteLossError
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.loop import train
+from ssl_bench.train.resume import load_for_resume
 from tests.test_train_loop import CPU, MeanFeatureLoss, make_run
 
 
@@ -74,4 +75,4 @@ def test_after_a_resume_the_message_names_the_resumed_checkpoint(tmp_path) -> No
     again, _, _, _ = make_run(tmp_path, NanAt, "train.epochs=3")
     again.nan_from = 0
     with pytest.raises(NonFiniteLossError, match=r"last good checkpoint is kept: .*checkpoint\.pt \(end of epoch 1\)"):
-        train(again, split, cfg, run_dir, CPU, resume=True)
+        train(again, split, cfg, run_dir, CPU, resume_state=load_for_resume(again, run_dir))

@@ -47,7 +47,7 @@ class DeconstructCommand:
         from ssl_bench.results.leaderboard import render
         from ssl_bench.results.store import ResultsStore
         from ssl_bench.runner import load_dataset
-        from ssl_bench.train.distributed import init_distributed
+        from ssl_bench.distributed import init_distributed
         from ssl_bench_plugins.ddm.deconstruct import chain as dc
 
         registry = get_registry()
@@ -106,7 +106,7 @@ class SampleCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         from ssl_bench.runner import load_trained_method
-        from ssl_bench.train.distributed import resolve_device
+        from ssl_bench.distributed import resolve_device
 
         run_dir = Path(args.run_dir)
         cfg, _, model = load_trained_method(run_dir)

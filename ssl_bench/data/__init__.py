@@ -2,7 +2,6 @@
 
 from .base import (
     DatasetInfo,
-    FolderSplit,
     ImageDataset,
     ImageSplit,
     TensorSplit,
@@ -15,6 +14,7 @@ from .datasets import (
     default_data_root,
     load_dataset,
 )
+from .folder import FolderSplit
 
 __all__ = [
     "BUILTIN_DATASETS",

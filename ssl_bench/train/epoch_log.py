@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssl_bench.train.distributed import DistContext
+from ssl_bench.distributed import DistContext
 
 log = logging.getLogger("ssl_bench.train")
 
