@@ -31,6 +31,7 @@ from mmengine.config import Config
 from ssl_bench.components.base import Method
 from ssl_bench.config import config_to_json, flat_keys, load_config
 from ssl_bench.config_schema import validate_config
+from ssl_bench.distributed import DistContext, barrier, broadcast_flag
 from ssl_bench.errors import CheckpointError, ConfigError, SSLBenchError, TrainingInterrupted
 from ssl_bench.eval.base import EvalResult
 from ssl_bench.eval.features import cached_features, pixel_features
@@ -40,7 +41,7 @@ from ssl_bench.registry import Registry, get_registry
 from ssl_bench.results.leaderboard import BASELINE_METHOD_NAMES
 from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ssl_bench.distributed import DistContext, barrier, broadcast_flag
+from ssl_bench.train.epoch_log import RunLogHandler
 from ssl_bench.train.loop import TrainResult, train
 
 log = logging.getLogger("ssl_bench")
@@ -217,7 +218,7 @@ def _find_run(store: ResultsStore, run_dir: Path) -> int | None:
 
 
 def _attach_logfile(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = RunLogHandler(run_dir / "train.log")  # a full disk: one DiskWriteError line, not logging's traceback
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("ssl_bench").addHandler(handler)
     return handler

@@ -4,6 +4,7 @@ TrainingInterrupted; resuming it ends bit-identical to the uninterrupted run (al
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -107,6 +108,36 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(tmp_path, handlers, unint
     assert _same_weights(resumed, full)
     assert result.final_loss == full_result.final_loss and result.steps == full_result.steps == 9
     assert _untimed(run_dir) == _untimed(full_dir)
+
+
+def test_resume_uses_the_callers_weights_and_a_given_resume_command(tmp_path, handlers, uninterrupted, caplog) -> None:
+    """train() restores the optimiser, counters and mid-epoch state only: the weights are the
+    caller's (loaded once, before train), so a resume_state without them continues as well. The
+    interrupted message carries the caller's resume command and is raised, not logged (the CLI
+    prints it once)."""
+    full, _, full_dir = uninterrupted(1)
+    method, split, cfg, run_dir = make_run(tmp_path, NoisyLoss, EPOCHS)
+    method.fire = {4: [signal.SIGINT]}
+    command = f"ssl-bench run toy --out '{tmp_path} x' --resume '{run_dir}'"
+    with caplog.at_level(logging.INFO, logger="ssl_bench"), pytest.raises(TrainingInterrupted) as info:
+        train(method, split, cfg, run_dir, CPU, resume_command=command)
+    assert str(info.value).endswith(f"Resume with: {command}")
+    assert not [r for r in caplog.records if "training stopped by" in r.getMessage()]
+    resumed, _, _, _ = make_run(tmp_path, NoisyLoss, EPOCHS)
+    state = load_for_resume(resumed, run_dir)
+    del state["model"]  # nothing left for train() to load the weights from
+    train(resumed, split, cfg, run_dir, CPU, resume_state=state)
+    assert _same_weights(resumed, full) and _untimed(run_dir) == _untimed(full_dir)
+
+
+def test_a_resume_of_another_model_fails_before_anything_is_written(tmp_path, handlers) -> None:
+    method, split, cfg, run_dir = make_run(tmp_path, NoisyLoss, "train.epochs=1")
+    train(method, split, cfg, run_dir, CPU)
+    before = (run_dir / CHECKPOINT_NAME).read_bytes()
+    wider, _, _, _ = make_run(tmp_path, NoisyLoss, "train.epochs=1", "backbone.embed_dim=64")
+    with pytest.raises(CheckpointError, match="does not match this model/config"):
+        load_for_resume(wider, run_dir)
+    assert (run_dir / CHECKPOINT_NAME).read_bytes() == before
 
 
 class CustomBatches(TensorSplit):

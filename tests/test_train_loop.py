@@ -12,8 +12,8 @@ from torch import Tensor
 
 from ssl_bench.components.base import Method, StepOutput
 from ssl_bench.data.base import DatasetInfo, TensorSplit
-from ssl_bench.runner import build_backbone
 from ssl_bench.distributed import DistContext
+from ssl_bench.runner import build_backbone
 from ssl_bench.train.engine import optimizer_steps
 from ssl_bench.train.loop import build_optimizer, train
 

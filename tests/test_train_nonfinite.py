@@ -76,3 +76,12 @@ def test_after_a_resume_the_message_names_the_resumed_checkpoint(tmp_path) -> No
     again.nan_from = 0
     with pytest.raises(NonFiniteLossError, match=r"last good checkpoint is kept: .*checkpoint\.pt \(end of epoch 1\)"):
         train(again, split, cfg, run_dir, CPU, resume_state=load_for_resume(again, run_dir))
+
+
+def test_the_message_prints_the_callers_resume_command(tmp_path) -> None:
+    method, split, cfg, run_dir = make_run(tmp_path, NanAt, "train.epochs=3")
+    method.nan_from = 4  # epoch 2: epoch 1's checkpoint exists
+    command = f"ssl-bench run toy --out {tmp_path}/runs --results {tmp_path}/results.db --resume {run_dir}"
+    with pytest.raises(NonFiniteLossError) as info:
+        train(method, split, cfg, run_dir, CPU, resume_command=command)
+    assert f"resume that checkpoint unchanged (`{command}`) only if the NaN was a fluke" in str(info.value)
