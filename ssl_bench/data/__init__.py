@@ -10,6 +10,7 @@ from .base import (
 )
 from .datasets import (
     BUILTIN_DATASETS,
+    DatasetLayoutError,
     DatasetNotFoundError,
     default_data_root,
     load_dataset,
@@ -19,6 +20,7 @@ from .folder import FolderSplit
 __all__ = [
     "BUILTIN_DATASETS",
     "DatasetInfo",
+    "DatasetLayoutError",
     "DatasetNotFoundError",
     "FolderSplit",
     "ImageDataset",
