@@ -9,7 +9,7 @@ so that a crash, a CUDA error or a hang in one is written into the results file 
 
 1. ``throughput``: bf16 training throughput, peak memory and MFU of mae, ldae, ddm, mocov3 at
    ViT-B/16, 224 px, built as the runner builds them (``method_config`` + ``build_method``, the
-   Table-4 recipe's method settings), stepped as ``ssl_bench.train.loop`` steps them.
+   Table-4 recipe's method settings), stepped as ``ssl_bench.train.engine.train_one_epoch`` steps them.
 2. ``data``: the folder data pipeline (``benchmarks/data_speed.py``'s pipelines) with one worker per
    spare core, CPU decoders vs nvJPEG, ours vs torchvision's ImageFolder, against part 1's MAE speed.
 3. ``knn``: ``ssl_bench.eval.knn`` on CUDA (torch; faiss-gpu when importable) on 100k x 768
@@ -323,7 +323,7 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
     from ssl_bench.data.datasets import IMAGENET_MEAN, IMAGENET_STD
     from ssl_bench.registry import get_registry
     from ssl_bench.run import build_method, method_config
-    from ssl_bench.train.loop import _autocast, make_generator, peak_memory_mb, uses_bf16
+    from ssl_bench.train.engine import autocast, make_generator, peak_memory_mb, uses_bf16
     from ssl_bench.train.optim import build_optimizer
 
     size = int(spec["image_size"])
@@ -349,7 +349,7 @@ def _measure(spec: dict[str, Any], method: str, batch: int, dev: Any) -> dict[st
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def forward_backward() -> torch.Tensor:
-        with _autocast(dev, cfg.train.amp):
+        with autocast(dev, cfg.train.amp):
             loss = model(images, labels, gen).loss
         loss.backward()
         return loss
@@ -629,7 +629,7 @@ def task_ddp_step(spec: dict[str, Any], rec: Record) -> None:
     from ssl_bench.data.base import DatasetInfo, suggest_patch_size
     from ssl_bench.registry import get_registry
     from ssl_bench.run import build_method, method_config
-    from ssl_bench.train.loop import _autocast, make_generator
+    from ssl_bench.train.engine import autocast, make_generator
     from ssl_bench.train.optim import build_optimizer
 
     cuda = spec["device"] == "cuda"
@@ -654,7 +654,7 @@ def task_ddp_step(spec: dict[str, Any], rec: Record) -> None:
         for i in range(3):
             for net, o, out in ((ddp, opt, losses), (replica, opt_r, None)):
                 o.zero_grad(set_to_none=True)
-                with _autocast(dev, cfg.train.amp):
+                with autocast(dev, cfg.train.amp):
                     loss = net(images, labels, make_generator(dev, 0, i)).loss
                 loss.backward()
                 o.step()
@@ -772,7 +772,7 @@ def render_throughput(data: dict[str, Any], ctx: dict[str, Any]) -> str:
         "costs about 256/196 = 1.31x this in the token-linear parts and (256/196)^2 = 1.71x in the attention scores.",
         "- Step: synthetic uint8 views `[N, V, 3, S, S]` already on the device (what the folder loader hands "
         "the step: the crops are cut by the loader, the flip, normalisation, masking / noise and the networks run "
-        "in the step), zero_grad, forward + backward under `train.loop._autocast` (bf16 on CUDA), the loop's "
+        "in the step), zero_grad, forward + backward under `train.engine.autocast` (bf16 on CUDA), the loop's "
         "one host sync per step (finite-loss check), `optimizer.step()` (AdamW from `train.optim.build_optimizer`, "
         f"e.g. {first.get('optimizer', 'AdamW')}), `on_train_step_end` (MoCo v3's momentum update). "
         f"Warm-up + timed steps: {first.get('steps', '')}; no torch.compile (the recipes' default).",
@@ -855,7 +855,7 @@ def render_ddp(data: dict[str, Any], ctx: dict[str, Any]) -> str:
     lines = [
         f"- CLI: `{cli.get('command', '')}`",
         f"- exit code: {cli.get('exit_code', '')}, {cli.get('seconds', '')} s; last epoch line: `{cli.get('epoch_line', '')}`",
-        "- With one process torchrun sets WORLD_SIZE=1, and `ssl_bench.train.distributed.init_distributed` then runs a "
+        "- With one process torchrun sets WORLD_SIZE=1, and `ssl_bench.distributed.init_distributed` then runs a "
         "plain single process (no process group, no DDP wrapper): this run checks the torchrun launch, CUDA training "
         "and the evaluation. The process group and the DDP wrapper are checked by the direct step below.",
         "",

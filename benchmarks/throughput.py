@@ -27,7 +27,8 @@ def measure(method: str, backbone: str, image_size: int, channels: int, batch: i
     from ssl_bench.data.base import DatasetInfo, TensorSplit, suggest_patch_size
     from ssl_bench.registry import get_registry
     from ssl_bench.run import build_method, method_config
-    from ssl_bench.train.loop import _autocast, build_optimizer, make_generator, peak_memory_mb
+    from ssl_bench.train.engine import autocast, make_generator, peak_memory_mb
+    from ssl_bench.train.optim import build_optimizer
 
     dev = torch.device(device)
     registry = get_registry()
@@ -42,7 +43,7 @@ def measure(method: str, backbone: str, image_size: int, channels: int, batch: i
     model.prepare(TensorSplit(images.cpu(), labels.cpu()), gen)  # e.g. fit PCA bases, as the runner does
 
     def step() -> None:
-        with _autocast(dev, cfg.train.amp):
+        with autocast(dev, cfg.train.amp):
             loss = model(images, labels, gen).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

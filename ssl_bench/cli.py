@@ -101,7 +101,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from ssl_bench.run import evaluate_run
     from ssl_bench.run.resume import read_run_config
-    from ssl_bench.train.distributed import resolve_device
+    from ssl_bench.distributed import resolve_device
 
     read_run_config(Path(args.run_dir))  # not a run directory: refused before any store is opened or made
     store = recording_store(args)

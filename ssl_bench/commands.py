@@ -54,7 +54,7 @@ def distributed_session(device: str = "auto") -> Iterator[Any]:
     """The process's ``DistContext`` (torchrun or a single process), the process group torn down after."""
     import torch
 
-    from ssl_bench.train.distributed import init_distributed
+    from ssl_bench.distributed import init_distributed
 
     ctx = init_distributed(device)
     try:

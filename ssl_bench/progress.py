@@ -9,7 +9,7 @@ tokenizer fitting), all of them tqdm:
 * only on the main rank: N ranks drawing N bars on one terminal interleave into noise, and every
   rank does the same amount of work, so rank 0's bar is everyone's.
 
-The training loop's epoch bar (``ssl_bench/train/loop.py``) follows the same rules.
+The training loop's epoch bar (``ssl_bench/train/engine.py``) follows the same rules.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from ssl_bench.train.distributed import is_main_rank
+from ssl_bench.distributed import is_main_rank
 
 T = TypeVar("T")
 

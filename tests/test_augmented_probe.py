@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ssl_bench.config_schema import validate_config
 from ssl_bench.data.datasets import load_digits
+from ssl_bench.distributed import DistContext
 from ssl_bench.errors import ConfigError
 from ssl_bench.eval.augmented_probe import augmented_batch_size, augmented_linear_probe
 from ssl_bench.eval.base import EvalInputError
@@ -27,7 +28,6 @@ from ssl_bench.registry import get_registry
 from ssl_bench.results.table4 import build_table4
 from ssl_bench.results.store import ResultsStore, RunRecord
 from ssl_bench.run import method_config, run_baseline, run_method
-from ssl_bench.train.distributed import DistContext
 from tests.conftest import make_imagefolder
 
 CPU = torch.device("cpu")

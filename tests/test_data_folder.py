@@ -19,7 +19,6 @@ from torchvision.transforms.v2 import functional as F2
 
 from ssl_bench.data import FolderSplit as PackageFolderSplit
 from ssl_bench.data import TensorSplit
-from ssl_bench.data.base import FolderSplit as BaseFolderSplit
 from ssl_bench.data.crops import (
     CropSpec,
     crop_box,
@@ -133,8 +132,8 @@ def test_view_boxes_differ_across_views_samples_and_epochs() -> None:
 # ------------------------------------------------------------------------ views
 
 
-def test_imports_keep_working() -> None:
-    assert BaseFolderSplit is FolderSplit and PackageFolderSplit is FolderSplit
+def test_the_package_exports_the_folder_split() -> None:
+    assert PackageFolderSplit is FolderSplit
 
 
 def test_views_shape_dtype_and_labels(folder: Path) -> None:
@@ -179,6 +178,46 @@ def test_crop_seed_is_drawn_after_the_permutation(folder: Path) -> None:
     h = torch.Generator().manual_seed(0)
     torch.randperm(len(split), generator=h)
     assert torch.equal(g.get_state(), h.get_state())
+
+
+@pytest.mark.parametrize("views", [None, [MAE_VIEW], MOCO_VIEWS])
+def test_skip_never_decodes_the_skipped_batches_and_yields_the_tail(folder: Path, monkeypatch, views) -> None:
+    """A training run resumed inside an epoch asks for the epoch without its first batches: they
+    are not decoded, the rest are exactly the unskipped epoch's, and the generator ends in the
+    same state (the crop seed is still drawn after the permutation)."""
+    from ssl_bench.data import folder as folder_module
+
+    decoded: list[int] = []
+    real_load = folder_module._FolderReader.load
+
+    def counting_load(self, sample_index: int, epoch_seed: int, decoder: str | None = None):
+        decoded.append(sample_index)
+        return real_load(self, sample_index, epoch_seed, decoder)
+
+    monkeypatch.setattr(folder_module._FolderReader, "load", counting_load)
+    split = FolderSplit(str(folder), 32, num_workers=0)  # 24 images: batches of 5, 5, 5, 5, 4
+    g_full = torch.Generator().manual_seed(3)
+    full = list(split.batches(5, shuffle=True, generator=g_full, views=views))
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(3)).tolist()
+    assert decoded == order
+    decoded.clear()
+    g_skip = torch.Generator().manual_seed(3)
+    tail = list(split.batches(5, shuffle=True, generator=g_skip, views=views, skip=2))
+    assert decoded == order[10:]  # the 10 images of the 2 skipped batches were never decoded
+    assert _same(tail, full[2:])
+    assert torch.equal(g_skip.get_state(), g_full.get_state())
+    assert list(split.batches(5, shuffle=True, generator=torch.Generator(), views=views, skip=5)) == []
+    with pytest.raises(ValueError, match="skip must be >= 0"):
+        split.batches(5, skip=-1)
+
+
+def test_skip_on_an_in_memory_split_and_a_rank_shard() -> None:
+    images = torch.arange(23, dtype=torch.uint8).view(23, 1, 1, 1).expand(23, 1, 4, 4).clone()
+    split = TensorSplit(images, torch.arange(23) % 3)
+    kw = dict(shuffle=True, drop_last=True, rank=1, world_size=2)
+    full = list(split.batches(3, generator=torch.Generator().manual_seed(0), **kw))  # type: ignore[arg-type]
+    tail = list(split.batches(3, generator=torch.Generator().manual_seed(0), skip=1, **kw))  # type: ignore[arg-type]
+    assert len(full) == 3 and _same(tail, full[1:])
 
 
 def test_a_second_epoch_while_one_is_in_progress(folder: Path) -> None:

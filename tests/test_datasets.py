@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from ssl_bench.data import datasets as ds
+from ssl_bench.data import FolderSplit
 from ssl_bench.data.base import (
     DatasetInfo,
-    FolderSplit,
     ImageDataset,
     TensorSplit,
     balanced_subset_indices,
@@ -22,6 +22,7 @@ from ssl_bench.data.base import (
 )
 from ssl_bench.data.datasets import (
     BUILTIN_DATASETS,
+    DatasetLayoutError,
     DatasetNotFoundError,
     load_digits,
     load_fashion_mnist,
@@ -322,6 +323,42 @@ def test_cifar_conversion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert len(data.test) == 5
 
 
+def test_stl10_and_fashion_mnist_come_from_the_same_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STL-10 (split="train"/"test", .labels, [N, C, H, W]) and Fashion-MNIST's download
+    (train=True/False, .targets, a [N, H, W] tensor) through the one torchvision table."""
+    import torchvision.datasets as tvd
+
+    asked: list[dict] = []
+
+    class FakeSTL10:
+        def __init__(self, root: str, **kwargs: object) -> None:
+            asked.append(kwargs)
+            n = 6 if kwargs["split"] == "train" else 4
+            self.data = np.arange(n * 3 * 96 * 96, dtype=np.int64).reshape(n, 3, 96, 96) % 256
+            self.labels = np.arange(n) % 10
+
+    class FakeFashionMNIST:
+        def __init__(self, root: str, **kwargs: object) -> None:
+            asked.append(kwargs)
+            n = 6 if kwargs["train"] else 4
+            self.data = (torch.arange(n * 28 * 28) % 256).to(torch.uint8).view(n, 28, 28)
+            self.targets = torch.arange(n) % 10
+
+    monkeypatch.setattr(tvd, "STL10", FakeSTL10)
+    monkeypatch.setattr(tvd, "FashionMNIST", FakeFashionMNIST)
+    stl = ds.load_dataset("stl10", str(tmp_path))
+    assert asked == [{"download": True, "split": "train"}, {"download": True, "split": "test"}]
+    assert stl.info == DatasetInfo("stl10", 10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), 8)
+    x = stl.train.images  # type: ignore[attr-defined]
+    assert x.dtype == torch.uint8 and x.shape == (6, 3, 96, 96) and int(x[0, 1, 0, 0]) == (96 * 96) % 256
+    assert stl.test.labels.tolist() == [0, 1, 2, 3]
+    asked.clear()
+    x_tr, y_tr, x_te, y_te = ds._download_fashion_mnist(tmp_path)
+    assert asked == [{"download": True, "train": True}, {"download": True, "train": False}]
+    assert x_tr.shape == (6, 1, 28, 28) and x_te.shape == (4, 1, 28, 28) and y_te.dtype == torch.int64
+    assert torch.equal(x_tr[:, 0], FakeFashionMNIST(".", train=True).data)
+
+
 # ------------------------------------------------------------------ image folder
 
 
@@ -372,7 +409,7 @@ def test_imagefolder_limit_and_workers(tmp_path: Path) -> None:
 
 def test_imagenet1k_insists_on_1000_classes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _make_imagefolder(tmp_path)
-    with pytest.raises(ValueError, match=r"2 class folders, ImageNet-1k has 1000.*--dataset imagefolder"):
+    with pytest.raises(DatasetLayoutError, match=r"2 class folders, ImageNet-1k has 1000.*--dataset imagefolder"):
         ds.load_imagenet1k(str(tmp_path), image_size=8, num_workers=0)
     with pytest.raises(DatasetNotFoundError, match="imagenet-1k needs --data-root"):
         ds.load_imagenet1k(None)
@@ -388,3 +425,32 @@ def test_imagefolder_missing_val(tmp_path: Path) -> None:
         load_imagefolder(str(tmp_path))
     with pytest.raises(DatasetNotFoundError):
         load_imagefolder(None)
+
+
+def test_a_val_class_missing_from_train_is_named(tmp_path: Path) -> None:
+    _make_imagefolder(tmp_path)
+    (tmp_path / "val" / "dog").rename(tmp_path / "val" / "bird")  # val: bird, cat; train: cat, dog
+    with pytest.raises(DatasetLayoutError) as info:
+        load_imagefolder(str(tmp_path), image_size=8, num_workers=0)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "val/ has 1 class folder(s) that train/ lacks (bird)" in msg
+    assert "train/ has 1 class folder(s) that val/ lacks (dog)" in msg
+
+
+@pytest.mark.parametrize("dataset", ["imagenet-1k", "imagefolder"])
+def test_bad_folder_data_is_one_cli_line_with_exit_2(tmp_path: Path, capsys, dataset: str) -> None:
+    """Was a ValueError traceback with exit 1."""
+    from ssl_bench.cli import main
+
+    _make_imagefolder(tmp_path / "data")
+    if dataset == "imagefolder":
+        (tmp_path / "data" / "val" / "dog").rename(tmp_path / "data" / "val" / "fox")
+    rc = main(["run", "mae", "--dataset", dataset, "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "results.db")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("ssl-bench: error: ")]
+    expected = "has 2 class folders, ImageNet-1k has 1000" if dataset == "imagenet-1k" else "val/ has 1 class folder(s) that train/ lacks (fox)"
+    assert len(lines) == 1 and expected in lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results.db").exists()

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from ssl_bench.diffusion import LossSecondMomentSampler
+from ssl_bench.distributed import DistContext
 from ssl_bench.registry import get_registry
 from ssl_bench.results.leaderboard import build_leaderboard
 from ssl_bench.results.store import ResultsStore
 from ssl_bench.run import build_method, load_dataset, run_method
-from ssl_bench.train.distributed import DistContext
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
+from ssl_bench.distributed import DistContext
 from ssl_bench.errors import CheckpointError, NonFiniteLossError
 from ssl_bench.registry import get_registry
 from ssl_bench.results.leaderboard import build_leaderboard
 from ssl_bench.results.store import ResultsStore
 from ssl_bench.run import load_dataset, run_baseline, run_method
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME
-from ssl_bench.train.distributed import DistContext
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 METHOD_NAMES = get_registry().names("method")

@@ -90,7 +90,7 @@ FOLDER_AUG = LinearProbeProtocol(protocol="augmented", epochs=2, warmup_epochs=1
 def _worker(rank: int, init_file: str, out_dir: str, folder_root: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    from ssl_bench.train.distributed import DistContext
+    from ssl_bench.distributed import DistContext
 
     # a timeout, so a rank left waiting in a collective fails the test instead of hanging it
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,

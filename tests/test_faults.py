@@ -256,7 +256,7 @@ def test_killed_run_shows_as_interrupted_once_a_later_command_sees_it_gone(tmp_p
 
 _SLOW_CHECKPOINT = textwrap.dedent("""
     import os, sys, time
-    import ssl_bench.train.checkpoint as ck
+    import ssl_bench.files as ck  # where the checkpoint's atomic write renames its temp file
     real = os.replace
     def slow_replace(src, dst):
         if str(dst).endswith("checkpoint.pt") and os.path.exists(dst):  # the second checkpoint onwards

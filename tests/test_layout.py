@@ -25,31 +25,32 @@ PLUGINS = sorted(p.name for p in (REPO / "plugins").iterdir() if (p / "__init__.
 
 #: Lowest floor first. A unit is a top-level module or sub-package of ``ssl_bench``.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    # 0 ground: errors, the distributed context (device, ranks, gather, broadcast), hook specs
-    # (ssl_bench.configs holds the harness's default config file)
-    ("ssl_bench.errors", "ssl_bench.files", "ssl_bench.distributed", "ssl_bench.hookspecs", "ssl_bench.provenance", "ssl_bench.configs"),
-    # 1 what every layer may use: progress bars, config checks, the results store (no torch)
+    # 0 the errors users see (and ssl_bench.configs, the harness's default config file)
+    ("ssl_bench.errors", "ssl_bench.configs"),
+    # 1 ground: atomic writes, the distributed context (device, ranks, gather, broadcast), hook specs
+    ("ssl_bench.files", "ssl_bench.distributed", "ssl_bench.hookspecs", "ssl_bench.provenance"),
+    # 2 what every layer may use: progress bars, config checks, the results store (no torch)
     ("ssl_bench.progress", "ssl_bench.config_schema", "ssl_bench.results"),
-    # 2 config resolution
+    # 3 config resolution
     ("ssl_bench.config",),
-    # 3 data and the model parts
+    # 4 data and the model parts
     ("ssl_bench.data", "ssl_bench.components"),
-    # 4 diffusion processes (built on components)
+    # 5 diffusion processes (built on components)
     ("ssl_bench.diffusion",),
-    # 5 engines: the method pipelines, the evaluators, the training loop
+    # 6 engines: the method pipelines, the evaluators, the training loop
     ("ssl_bench.methods", "ssl_bench.eval", "ssl_bench.train"),
-    # 6 discovery: the registry and the built-in registrations
+    # 7 discovery: the registry and the built-in registrations
     ("ssl_bench.registry", "ssl_bench.builtin"),
-    # 7 orchestration: build, train, score, record
+    # 8 orchestration: build, train, score, record
     ("ssl_bench.run",),
-    # 8 command helpers shared by the CLI and plugin commands
+    # 9 command helpers shared by the CLI and plugin commands
     ("ssl_bench.commands",),
-    # 9 the command line
+    # 10 the command line
     ("ssl_bench.cli",),
 )
 FLOOR_OF: dict[str, int] = {unit: i for i, units in enumerate(FLOORS) for unit in units}
-#: Plugins stand on the command-helper floor: they may use all of ssl_bench but the CLI.
-PLUGIN_FLOOR = FLOOR_OF["ssl_bench.commands"]
+#: Plugins stand just below the CLI: they may use all of ssl_bench but ssl_bench.cli.
+PLUGIN_FLOOR = FLOOR_OF["ssl_bench.cli"]
 
 
 def _module_name(path: Path) -> str:

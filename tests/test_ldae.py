@@ -184,7 +184,7 @@ def test_figures_and_pca_basis_written(tiny_cfg, tmp_path):
 def test_resumed_run_still_writes_its_figures(tiny_cfg, tmp_path, monkeypatch):
     from ssl_bench.results.store import ResultsStore
     from ssl_bench.run import run_method
-    from ssl_bench.train.distributed import DistContext
+    from ssl_bench.distributed import DistContext
     from ssl_bench_plugins.ldae.method import LDAE
 
     cpu = DistContext(0, 1, 0, torch.device("cpu"))

@@ -202,7 +202,7 @@ def _ddp_worker(out_dir: str) -> None:
     import torch.distributed as dist
 
     from ssl_bench.data.base import TensorSplit
-    from ssl_bench.train.distributed import init_distributed
+    from ssl_bench.distributed import init_distributed
     from ssl_bench.train.loop import train
 
     torch.set_num_threads(1)
@@ -282,8 +282,9 @@ def test_killed_then_resumed_matches_uninterrupted(tmp_path, monkeypatch):
     """The momentum schedule position is checkpointed: a run killed in epoch 2 and resumed from
     the epoch-1 checkpoint ends with exactly the weights of an uninterrupted run."""
     from ssl_bench.data.base import TensorSplit
-    from ssl_bench.train.distributed import DistContext
+    from ssl_bench.distributed import DistContext
     from ssl_bench.train.loop import train
+    from ssl_bench.train.resume import load_for_resume
 
     ctx = DistContext(0, 1, 0, torch.device("cpu"))
     split = TensorSplit(_images(32), torch.zeros(32, dtype=torch.long))
@@ -311,7 +312,7 @@ def test_killed_then_resumed_matches_uninterrupted(tmp_path, monkeypatch):
 
     resumed = _tiny_method(*extra)
     assert resumed.momentum == pytest.approx(0.99)
-    train(resumed, split, resumed.cfg, tmp_path / "killed", ctx, resume=True)
+    train(resumed, split, resumed.cfg, tmp_path / "killed", ctx, resume_state=load_for_resume(resumed, tmp_path / "killed"))
     assert resumed.momentum == full.momentum == pytest.approx(1.0)
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()

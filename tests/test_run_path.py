@@ -207,7 +207,7 @@ def test_a_misbehaving_evaluator_is_one_line_naming_it_and_nothing_is_recorded(t
     from ssl_bench.registry import build_registry
     from ssl_bench.results import ResultsStore
     from ssl_bench.run import run_method
-    from ssl_bench.train.distributed import DistContext
+    from ssl_bench.distributed import DistContext
 
     bad = type("Bad", (_Bad,), {"what": what})
     plugin = types.ModuleType("bad_plugin")

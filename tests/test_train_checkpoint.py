@@ -76,7 +76,9 @@ def test_a_really_full_device_is_reported_as_disk_full(tmp_path, monkeypatch) ->
     (Given a path instead of a Python file, torch reports an opaque RuntimeError here.)"""
     import builtins
 
-    monkeypatch.setattr(checkpoint, "open", lambda _path, mode: builtins.open("/dev/full", mode), raising=False)
+    from ssl_bench import files  # the checkpoint is written through files.atomic_torch_save
+
+    monkeypatch.setattr(files, "open", lambda _path, mode: builtins.open("/dev/full", mode), raising=False)
     with pytest.raises(CheckpointWriteError, match="no space left on device: free space or use --out elsewhere"):
         save_checkpoint(tmp_path / CHECKPOINT_NAME, {"model": {"w": torch.zeros(100_000)}, "epoch": 1})
 

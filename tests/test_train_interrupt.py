@@ -4,6 +4,7 @@ TrainingInterrupted; resuming it ends bit-identical to the uninterrupted run (al
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -22,6 +23,7 @@ from ssl_bench.errors import CheckpointError, TrainingInterrupted
 from ssl_bench.train import checkpoint
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ssl_bench.train.loop import train
+from ssl_bench.train.resume import load_for_resume
 from tests.test_train_loop import CPU, MeanFeatureLoss, make_run
 
 
@@ -102,14 +104,44 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(tmp_path, handlers, unint
     assert signal.getsignal(signal.SIGINT) == handlers[signal.SIGINT]  # restored on the way out
 
     resumed, _, _, _ = make_run(tmp_path, NoisyLoss, EPOCHS, f"train.accum_iter={accum}")
-    result = train(resumed, split, cfg, run_dir, CPU, resume=True)
+    result = train(resumed, split, cfg, run_dir, CPU, resume_state=load_for_resume(resumed, run_dir))
     assert _same_weights(resumed, full)
     assert result.final_loss == full_result.final_loss and result.steps == full_result.steps == 9
     assert _untimed(run_dir) == _untimed(full_dir)
 
 
+def test_resume_uses_the_callers_weights_and_a_given_resume_command(tmp_path, handlers, uninterrupted, caplog) -> None:
+    """train() restores the optimiser, counters and mid-epoch state only: the weights are the
+    caller's (loaded once, before train), so a resume_state without them continues as well. The
+    interrupted message carries the caller's resume command and is raised, not logged (the CLI
+    prints it once)."""
+    full, _, full_dir = uninterrupted(1)
+    method, split, cfg, run_dir = make_run(tmp_path, NoisyLoss, EPOCHS)
+    method.fire = {4: [signal.SIGINT]}
+    command = f"ssl-bench run toy --out '{tmp_path} x' --resume '{run_dir}'"
+    with caplog.at_level(logging.INFO, logger="ssl_bench"), pytest.raises(TrainingInterrupted) as info:
+        train(method, split, cfg, run_dir, CPU, resume_command=command)
+    assert str(info.value).endswith(f"Resume with: {command}")
+    assert not [r for r in caplog.records if "training stopped by" in r.getMessage()]
+    resumed, _, _, _ = make_run(tmp_path, NoisyLoss, EPOCHS)
+    state = load_for_resume(resumed, run_dir)
+    del state["model"]  # nothing left for train() to load the weights from
+    train(resumed, split, cfg, run_dir, CPU, resume_state=state)
+    assert _same_weights(resumed, full) and _untimed(run_dir) == _untimed(full_dir)
+
+
+def test_a_resume_of_another_model_fails_before_anything_is_written(tmp_path, handlers) -> None:
+    method, split, cfg, run_dir = make_run(tmp_path, NoisyLoss, "train.epochs=1")
+    train(method, split, cfg, run_dir, CPU)
+    before = (run_dir / CHECKPOINT_NAME).read_bytes()
+    wider, _, _, _ = make_run(tmp_path, NoisyLoss, "train.epochs=1", "backbone.embed_dim=64")
+    with pytest.raises(CheckpointError, match="does not match this model/config"):
+        load_for_resume(wider, run_dir)
+    assert (run_dir / CHECKPOINT_NAME).read_bytes() == before
+
+
 class CustomBatches(TensorSplit):
-    """A split with its own batches(): the loop cannot skip by index, so it reads and drops."""
+    """A split with its own batches() that hands ``skip`` on to the split it wraps."""
 
     def batches(self, *args, **kwargs):
         yield from super().batches(*args, **kwargs)
@@ -136,7 +168,7 @@ def test_mid_epoch_resume_with_other_splits(tmp_path, handlers, uninterrupted, s
     with pytest.raises(TrainingInterrupted):
         train(method, split, cfg, run_dir, CPU)
     resumed, _, _, _ = make_run(tmp_path, NoisyLoss, EPOCHS, "train.accum_iter=2")
-    train(resumed, split, cfg, run_dir, CPU, resume=True)
+    train(resumed, split, cfg, run_dir, CPU, resume_state=load_for_resume(resumed, run_dir))
     assert _same_weights(resumed, full) and _untimed(run_dir) == _untimed(full_dir)
     if split_cls is CountingLoads:  # 6 micro-batches an epoch; the resumed epoch 2 skips 2 steps x 2
         assert split.loaded == [6, 6, 2, 6]
@@ -156,7 +188,7 @@ def test_without_the_generator_state_the_resume_would_differ(tmp_path, handlers,
     state["rank_states"][0]["step_gen"] = make_generator(torch.device("cpu"), cfg.seed, 1, stream=2).get_state()
     save_checkpoint(run_dir / CHECKPOINT_NAME, state)
     resumed, _, _, _ = make_run(tmp_path, NoisyLoss, EPOCHS)
-    train(resumed, split, cfg, run_dir, CPU, resume=True)
+    train(resumed, split, cfg, run_dir, CPU, resume_state=load_for_resume(resumed, run_dir))
     assert not _same_weights(resumed, full)
 
 
@@ -170,7 +202,7 @@ def test_signal_in_the_last_step_of_an_epoch_stops_at_the_epoch_boundary(tmp_pat
     assert load_checkpoint(run_dir / CHECKPOINT_NAME)["epoch_step"] == 0
     assert [r["epoch"] for r in _untimed(run_dir)] == [1]  # the finished epoch is logged
     resumed, _, _, _ = make_run(tmp_path, NoisyLoss, EPOCHS)
-    train(resumed, split, cfg, run_dir, CPU, resume=True)
+    train(resumed, split, cfg, run_dir, CPU, resume_state=load_for_resume(resumed, run_dir))
     assert _same_weights(resumed, full) and _untimed(run_dir) == _untimed(full_dir)
 
 
@@ -181,7 +213,7 @@ def test_signal_in_the_very_last_step_still_stops_before_evaluation(tmp_path, ha
         train(method, split, cfg, run_dir, CPU)
     assert (info.value.epoch, info.value.epoch_step, info.value.step) == (3, 0, 9)
     resumed, _, _, _ = make_run(tmp_path, NoisyLoss, EPOCHS)
-    assert train(resumed, split, cfg, run_dir, CPU, resume=True).steps == 9  # nothing left to train
+    assert train(resumed, split, cfg, run_dir, CPU, resume_state=load_for_resume(resumed, run_dir)).steps == 9  # nothing left to train
 
 
 def test_a_second_signal_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path, handlers) -> None:
@@ -260,11 +292,12 @@ def test_mid_epoch_checkpoint_needs_the_same_process_count_and_epoch_length(tmp_
     two = {**state, "rank_states": state["rank_states"] * 2}
     save_checkpoint(path, two)
     with pytest.raises(CheckpointError, match=r"mid-epoch by 2 process\(es\); resume it with the same number"):
-        train(make_run(tmp_path, NoisyLoss, EPOCHS)[0], split, cfg, run_dir, CPU, resume=True)
+        fresh = make_run(tmp_path, NoisyLoss, EPOCHS)[0]
+        train(fresh, split, cfg, run_dir, CPU, resume_state=load_for_resume(fresh, run_dir))
     save_checkpoint(path, state)
     method, _, big_batch, _ = make_run(tmp_path, NoisyLoss, EPOCHS, "train.batch_size=48")
     with pytest.raises(CheckpointError, match="stopped after step 2 of an epoch, but this config has 1 steps per epoch"):
-        train(method, split, big_batch, run_dir, CPU, resume=True)
+        train(method, split, big_batch, run_dir, CPU, resume_state=load_for_resume(method, run_dir))
 
 
 # ---------------------------------------------------------------------------------------- DDP
@@ -273,7 +306,7 @@ def test_mid_epoch_checkpoint_needs_the_same_process_count_and_epoch_length(tmp_
 def _ddp_main(out: Path) -> None:
     """Run by each of two torchrun processes (gloo, CPU): the reference run, a run where only
     rank 1 gets SIGINT, and its resume; writes this rank's findings to out/rank<r>.json."""
-    from ssl_bench.train.distributed import init_distributed
+    from ssl_bench.distributed import init_distributed
 
     ctx = init_distributed("cpu")
     torch.set_num_threads(1)
@@ -286,7 +319,8 @@ def _ddp_main(out: Path) -> None:
         method.fire = fire or {}
         run_dir = shared / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        return method, train(method, split, cfg, run_dir, ctx, resume=resume)
+        state = load_for_resume(method, run_dir) if resume else None
+        return method, train(method, split, cfg, run_dir, ctx, resume_state=state)
 
     full, full_result = run("full")
     found: dict[str, object] = {}

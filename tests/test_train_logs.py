@@ -3,6 +3,7 @@ to the train.log line, RUN_DIR/metrics.jsonl and (when tensorboard is installed)
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -12,8 +13,12 @@ import torch
 from torch import Tensor
 
 from ssl_bench.components.base import StepOutput
-from ssl_bench.train.epoch_log import EpochLogs, MetricsWriter
+from ssl_bench.files import DiskWriteError
+from ssl_bench.train import epoch_log
+from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ssl_bench.train.epoch_log import EpochLogs, MetricsWriter, RunLogHandler
 from ssl_bench.train.loop import train
+from ssl_bench.train.resume import load_for_resume
 from tests.test_train_loop import CPU, MeanFeatureLoss, make_run
 
 
@@ -127,7 +132,7 @@ def _killed_in_epoch_4_then_resumed(tmp_path):
 
     resumed, _, _, _ = make_run(tmp_path, CountingLogs, "train.epochs=4", "train.checkpoint_every=2")
     resumed.calls = 2 * 3  # the call counter is not model state: start it where epoch 3 starts
-    train(resumed, split, cfg, run_dir, CPU, resume=True)
+    train(resumed, split, cfg, run_dir, CPU, resume_state=load_for_resume(resumed, run_dir))
     return full_dir, run_dir
 
 
@@ -152,3 +157,89 @@ def test_resume_hides_the_redone_epochs_in_tensorboard(tmp_path) -> None:
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/calls")] == [3, 6, 9, 12]
+
+
+# ------------------------------------------------------------------ damaged logs, full disks
+
+
+def test_binary_garbage_in_metrics_jsonl_is_dropped_with_one_warning(tmp_path, caplog) -> None:
+    """metrics.jsonl is a log: garbage in it must not stop a resume (it raised UnicodeDecodeError)."""
+    good = ['{"epoch": 1, "step": 3, "loss": 0.5}', '{"epoch": 2, "step": 6, "loss": 0.25}']
+    later = '{"epoch": 3, "step": 9, "loss": 0.125}'  # after the checkpoint: dropped without a word
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(
+        good[0].encode() + b"\n\xff\xfe\x00garbage\x80\n" + good[1].encode() + b"\n[1, 2]\n" + later.encode() + b"\n{\"epoch\": 4, \"st"
+    )
+    with caplog.at_level(logging.WARNING, logger="ssl_bench.train"):
+        MetricsWriter(tmp_path, 2, 6).close()
+    assert path.read_text(encoding="utf-8") == good[0] + "\n" + good[1] + "\n"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "dropped 3 damaged line(s)" in warnings[0] and str(path) in warnings[0]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_resume_with_garbage_in_metrics_jsonl_trains_on(tmp_path) -> None:
+    method, split, cfg, run_dir = make_run(tmp_path, CountingLogs, "train.epochs=1")
+    train(method, split, cfg, run_dir, CPU)
+    with (run_dir / "metrics.jsonl").open("ab") as f:
+        f.write(b"\x89PNG\r\n\x1a\n\x00\xff\n")
+    cfg.train.epochs = 2
+    resumed, _, _, _ = make_run(tmp_path, CountingLogs, "train.epochs=2")
+    train(resumed, split, cfg, run_dir, CPU, resume_state=load_for_resume(resumed, run_dir))
+    assert [r["epoch"] for r in _records(run_dir)] == [1, 2]
+
+
+class _FullDisk:
+    """A file whose every write fails as on a full disk."""
+
+    def write(self, data: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_disk_full_writing_metrics_jsonl_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch) -> None:
+    method, split, cfg, run_dir = make_run(tmp_path, MeanFeatureLoss, "train.epochs=3")
+    real_open = open
+    calls = {"n": 0}
+
+    def open_full_after_one(path, mode="r", **kwargs):
+        calls["n"] += 1
+        return real_open(path, mode, **kwargs) if calls["n"] == 1 else _FullDisk()
+
+    monkeypatch.setattr(epoch_log, "open", open_full_after_one, raising=False)
+    with pytest.raises(DiskWriteError) as info:
+        train(method, split, cfg, run_dir, CPU)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"could not write {run_dir / 'metrics.jsonl'}: no space left on device: free space or use --out elsewhere")
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["epoch"] == 1  # epoch 2's line failed before its checkpoint
+    assert [r["epoch"] for r in _records(run_dir)] == [1]
+
+
+def test_disk_full_writing_train_log_is_one_line_not_a_logging_traceback(tmp_path, capsys) -> None:
+    logger = logging.getLogger("ssl_bench.test_run_log")
+    logger.propagate = False
+    handler = RunLogHandler(tmp_path / "train.log")
+    logger.addHandler(handler)
+    try:
+        logger.warning("epoch 1/2 loss 0.5")
+        handler.setStream(_FullDisk())  # the disk fills up
+        with pytest.raises(DiskWriteError, match=r"train\.log: no space left on device: free space or use --out elsewhere"):
+            logger.warning("epoch 2/2 loss 0.25")
+        logger.warning("cleanup after the failure")  # not written, and no second error
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert "Logging error" not in capsys.readouterr().err
+    assert (tmp_path / "train.log").read_text() == "epoch 1/2 loss 0.5\n"

@@ -12,9 +12,10 @@ from torch import Tensor
 
 from ssl_bench.components.base import Method, StepOutput
 from ssl_bench.data.base import DatasetInfo, TensorSplit
+from ssl_bench.distributed import DistContext
 from ssl_bench.run import build_backbone
-from ssl_bench.train.distributed import DistContext
-from ssl_bench.train.loop import _optimizer_steps, build_optimizer, train
+from ssl_bench.train.engine import optimizer_steps
+from ssl_bench.train.loop import build_optimizer, train
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
 INFO = DatasetInfo("random", 10, 1, 8, (0.5,), (0.25,), 2)
@@ -102,10 +103,10 @@ def _train(
 
 def test_optimizer_steps_groups_micro_batches_and_drops_a_partial_group() -> None:
     micro = [(torch.tensor([i]), torch.tensor([i])) for i in range(7)]
-    groups = list(_optimizer_steps(micro, 2, 3))
+    groups = list(optimizer_steps(micro, 2, 3))
     assert [[int(x) for x, _ in g] for g in groups] == [[0, 1], [2, 3], [4, 5]]
-    assert len(list(_optimizer_steps(micro, 2, 4))) == 3  # the 7th micro-batch alone is not a step
-    assert len(list(_optimizer_steps(micro, 1, 7))) == 7
+    assert len(list(optimizer_steps(micro, 2, 4))) == 3  # the 7th micro-batch alone is not a step
+    assert len(list(optimizer_steps(micro, 1, 7))) == 7
 
 
 @pytest.mark.parametrize("accum", [2, 4])

@@ -13,6 +13,7 @@ from ssl_bench.components.base import StepOutput
 from ssl_bench.errors import NonFiniteLossError
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.loop import train
+from ssl_bench.train.resume import load_for_resume
 from tests.test_train_loop import CPU, MeanFeatureLoss, make_run
 
 
@@ -74,4 +75,13 @@ def test_after_a_resume_the_message_names_the_resumed_checkpoint(tmp_path) -> No
     again, _, _, _ = make_run(tmp_path, NanAt, "train.epochs=3")
     again.nan_from = 0
     with pytest.raises(NonFiniteLossError, match=r"last good checkpoint is kept: .*checkpoint\.pt \(end of epoch 1\)"):
-        train(again, split, cfg, run_dir, CPU, resume=True)
+        train(again, split, cfg, run_dir, CPU, resume_state=load_for_resume(again, run_dir))
+
+
+def test_the_message_prints_the_callers_resume_command(tmp_path) -> None:
+    method, split, cfg, run_dir = make_run(tmp_path, NanAt, "train.epochs=3")
+    method.nan_from = 4  # epoch 2: epoch 1's checkpoint exists
+    command = f"ssl-bench run toy --out {tmp_path}/runs --results {tmp_path}/results.db --resume {run_dir}"
+    with pytest.raises(NonFiniteLossError) as info:
+        train(method, split, cfg, run_dir, CPU, resume_command=command)
+    assert f"resume that checkpoint unchanged (`{command}`) only if the NaN was a fluke" in str(info.value)

@@ -28,10 +28,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from common import save_result  # noqa: E402
 
+from ssl_bench.distributed import DistContext, resolve_device  # noqa: E402
 from ssl_bench.registry import get_registry  # noqa: E402
 from ssl_bench.results.store import ResultsStore  # noqa: E402
 from ssl_bench.run import load_dataset, method_config, run_baseline, run_method, validate_dataset  # noqa: E402
-from ssl_bench.train.distributed import DistContext, resolve_device  # noqa: E402
 
 #: (network, method, corruption) -> config file; the pairs differ only in the corruption
 CONFIGS: dict[tuple[str, str, str], str] = {

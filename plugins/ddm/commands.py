@@ -103,7 +103,7 @@ class SampleCommand:
 
     def run(self, args: argparse.Namespace) -> int:
         from ssl_bench.run import load_trained_method
-        from ssl_bench.train.distributed import resolve_device
+        from ssl_bench.distributed import resolve_device
 
         run_dir = Path(args.run_dir)
         cfg, _, model, _ = load_trained_method(run_dir)

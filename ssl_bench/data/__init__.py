@@ -2,7 +2,6 @@
 
 from .base import (
     DatasetInfo,
-    FolderSplit,
     ImageDataset,
     ImageSplit,
     TensorSplit,
@@ -11,14 +10,17 @@ from .base import (
 )
 from .datasets import (
     BUILTIN_DATASETS,
+    DatasetLayoutError,
     DatasetNotFoundError,
     default_data_root,
     load_dataset,
 )
+from .folder import FolderSplit
 
 __all__ = [
     "BUILTIN_DATASETS",
     "DatasetInfo",
+    "DatasetLayoutError",
     "DatasetNotFoundError",
     "FolderSplit",
     "ImageDataset",

@@ -25,7 +25,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -203,6 +203,7 @@ class ImageSplit(ABC):
         world_size: int = 1,
         device: torch.device | str = "cpu",
         views: Sequence[CropSpec] | None = None,
+        skip: int = 0,
     ) -> Iterator[Batch]:
         """Yield ``(images uint8 [B, C, H, W], labels int64 [B])`` on ``device``.
 
@@ -211,9 +212,16 @@ class ImageSplit(ABC):
         in-memory splits ignore it and yield whole images (the method crops them on
         the device), without drawing anything extra from ``generator``.
 
+        ``skip``: how many of this rank's leading batches not to load (a training run
+        resumed inside an epoch). The generator is consumed exactly as without it, so
+        the batches that come are the tail of the unskipped sequence, and the skipped
+        ones are never read or decoded.
+
         The index order is fixed eagerly (the generator is consumed at call time),
         so two calls with generators in the same state yield the same batches.
         """
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0 batches, got {skip}")
         index_batches = epoch_index_batches(
             len(self),
             batch_size,
@@ -223,7 +231,7 @@ class ImageSplit(ABC):
             rank=rank,
             world_size=world_size,
         )
-        return self._load_views(index_batches, torch.device(device), views, generator)
+        return self._load_views(index_batches[skip:], torch.device(device), views, generator)
 
     def _load_views(
         self,
@@ -294,11 +302,3 @@ class ImageDataset:
     train: ImageSplit
     test: ImageSplit
 
-
-def __getattr__(name: str) -> Any:
-    """``FolderSplit`` moved to ``folder.py``; imported lazily here (no import cycle)."""
-    if name == "FolderSplit":
-        from .folder import FolderSplit
-
-        return FolderSplit
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

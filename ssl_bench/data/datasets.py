@@ -9,7 +9,8 @@ Where data comes from:
 * ``fashion-mnist``: idx files in ``data_root`` (or its torchvision layout
   ``FashionMNIST/raw``), then Debian's ``dataset-fashion-mnist`` package
   (``/usr/share/datasets/fashion-mnist/*-idx?-ubyte.gz``), then torchvision's download.
-* ``cifar10`` / ``cifar100`` / ``stl10``: torchvision downloaders.
+* ``cifar10`` / ``cifar100`` / ``stl10``: torchvision downloaders, one row each of
+  :data:`TORCHVISION_DATASETS` (which also holds Fashion-MNIST's download).
 * ``imagefolder``: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``, decoded lazily.
 
 When nothing is found a :class:`DatasetNotFoundError` says what was tried and how to
@@ -23,7 +24,7 @@ import gzip
 import inspect
 import os
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,11 @@ class DatasetNotFoundError(SSLBenchError, FileNotFoundError):
 
     An ``SSLBenchError`` so the CLI prints the message instead of a traceback.
     """
+
+
+class DatasetLayoutError(SSLBenchError, ValueError):
+    """Data that was found but cannot be used as it is laid out (class folders that differ between
+    train/ and val/, an ImageNet-1k without 1000 classes); the message says what to change."""
 
 
 def default_data_root() -> Path:
@@ -206,17 +212,8 @@ def _fashion_from_idx(files: dict[str, Path]) -> tuple[Tensor, Tensor, Tensor, T
 
 
 def _download_fashion_mnist(root: Path) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """torchvision's downloader; separate so tests can replace it."""
-    from torchvision.datasets import FashionMNIST
-
-    train = FashionMNIST(str(root), train=True, download=True)
-    test = FashionMNIST(str(root), train=False, download=True)
-    return (
-        train.data.unsqueeze(1).to(torch.uint8),
-        train.targets.to(torch.int64),
-        test.data.unsqueeze(1).to(torch.uint8),
-        test.targets.to(torch.int64),
-    )
+    """torchvision's downloader (the table's entry); separate so tests can replace it."""
+    return TORCHVISION_DATASETS["fashion-mnist"].read(root, download=True)
 
 
 def load_fashion_mnist(
@@ -269,106 +266,107 @@ def load_fashion_mnist(
             "t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz], or run once with "
             "internet access so torchvision can download it."
         )
-    x_tr, y_tr, x_te, y_te = tensors
-    mean, std = _channel_stats(x_tr)
-    size = int(x_tr.shape[-1])
-    info = DatasetInfo("fashion-mnist", 10, 1, size, mean, std, default_patch_size=suggest_patch_size(size))
-    return _finish(info, TensorSplit(x_tr, y_tr), TensorSplit(x_te, y_te), limit_train, limit_test, seed)
+    return TORCHVISION_DATASETS["fashion-mnist"].dataset(tensors, limit_train, limit_test, seed)
 
 
 # ------------------------------------------------------------- torchvision datasets
 
 
-def _torchvision_dataset(name: str, factory: Callable[[], Any], root: Path) -> Any:
-    """Call a torchvision constructor, turning any failure into DatasetNotFoundError."""
-    try:
-        return factory()
-    except Exception as exc:
-        raise DatasetNotFoundError(
-            f"{name}: could not load or download into {root} "
-            f"({type(exc).__name__}: {exc}). Download needs internet access; otherwise put "
-            f"torchvision's {name} files under that directory (--data-root) yourself."
-        ) from exc
+@dataclass(frozen=True)
+class TorchvisionDataset:
+    """A dataset that torchvision downloads, held in memory as uint8 ``[N, C, H, W]``; called like
+    every loader: ``spec(data_root, download=..., limit_train=..., limit_test=..., seed=...)``.
 
-
-def _load_cifar(
-    name: str,
-    cls_name: str,
-    num_classes: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    data_root: str | None,
-    download: bool,
-    limit_train: int | None,
-    limit_test: int | None,
-    seed: int,
-) -> ImageDataset:
-    import torchvision.datasets as tvd
-
-    root = _root(data_root)
-    cls = getattr(tvd, cls_name)
-    splits = []
-    for train in (True, False):
-        ds = _torchvision_dataset(name, lambda t=train: cls(str(root), train=t, download=download), root)
-        x = torch.from_numpy(np.asarray(ds.data, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()  # [N, 3, 32, 32]
-        y = torch.as_tensor(ds.targets, dtype=torch.int64)
-        splits.append(TensorSplit(x, y))
-    info = DatasetInfo(name, num_classes, 3, 32, mean, std, default_patch_size=4)
-    return _finish(info, splits[0], splits[1], limit_train, limit_test, seed)
-
-
-def load_cifar10(
-    data_root: str | None = None,
-    *,
-    download: bool = True,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    seed: int = 0,
-) -> ImageDataset:
-    """CIFAR-10 (32x32 RGB, 50k/10k) via torchvision, held in memory as uint8."""
-    return _load_cifar(
-        "cifar10", "CIFAR10", 10, CIFAR10_MEAN, CIFAR10_STD, data_root, download, limit_train, limit_test, seed
-    )
-
-
-def load_cifar100(
-    data_root: str | None = None,
-    *,
-    download: bool = True,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    seed: int = 0,
-) -> ImageDataset:
-    """CIFAR-100 (32x32 RGB, 50k/10k, fine labels) via torchvision, in memory as uint8."""
-    return _load_cifar(
-        "cifar100", "CIFAR100", 100, CIFAR100_MEAN, CIFAR100_STD, data_root, download, limit_train, limit_test, seed
-    )
-
-
-def load_stl10(
-    data_root: str | None = None,
-    *,
-    download: bool = True,
-    limit_train: int | None = None,
-    limit_test: int | None = None,
-    seed: int = 0,
-) -> ImageDataset:
-    """STL-10 labelled splits (96x96 RGB, 5k/8k) via torchvision, in memory as uint8.
-
-    Default patch size 8 gives a 12x12 grid (144 tokens); pass a patch size of 16
-    to the model for a cheaper 6x6 grid.
+    One row of :data:`TORCHVISION_DATASETS` per dataset: what differs between them is only the
+    torchvision class, how its two splits are asked for (``train=True`` / ``split="train"``), the
+    attribute holding the labels and the layout of ``.data``.
     """
-    from torchvision.datasets import STL10
 
-    root = _root(data_root)
-    splits = []
-    for split in ("train", "test"):
-        ds = _torchvision_dataset("stl10", lambda s=split: STL10(str(root), split=s, download=download), root)
-        x = torch.from_numpy(np.asarray(ds.data, dtype=np.uint8)).contiguous()  # [N, 3, 96, 96]
-        y = torch.as_tensor(ds.labels, dtype=torch.int64)
-        splits.append(TensorSplit(x, y))
-    info = DatasetInfo("stl10", 10, 3, 96, STL10_MEAN, STL10_STD, default_patch_size=8)
-    return _finish(info, splits[0], splits[1], limit_train, limit_test, seed)
+    name: str
+    torchvision_class: str  # in torchvision.datasets
+    num_classes: int
+    channels: int
+    image_size: int
+    patch_size: int
+    split_kwargs: tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...]]  # train, test constructor keywords
+    labels_attr: str  # "targets" or "labels"
+    layout: str  # of ``.data``: "NHWC" (CIFAR), "NCHW" (STL-10), "NHW" (grey, Fashion-MNIST)
+    mean: tuple[float, ...] | None = None  # None: measured on the training images
+    std: tuple[float, ...] | None = None
+
+    def read(self, root: Path, download: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(train images uint8 [N, C, H, W], train labels int64 [N], test images, test labels)
+        through torchvision; its errors (offline, missing files) propagate."""
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, self.torchvision_class)
+        out: list[Tensor] = []
+        for kwargs in self.split_kwargs:
+            ds = cls(str(root), download=download, **dict(kwargs))
+            out += [self._images(ds.data), torch.as_tensor(getattr(ds, self.labels_attr), dtype=torch.int64)]
+        x_tr, y_tr, x_te, y_te = out
+        return x_tr, y_tr, x_te, y_te
+
+    def _images(self, data: Any) -> Tensor:
+        x = torch.as_tensor(np.asarray(data, dtype=np.uint8))
+        if self.layout == "NHWC":
+            x = x.permute(0, 3, 1, 2)  # [N, H, W, C] -> [N, C, H, W]
+        elif self.layout == "NHW":
+            x = x.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
+        return x.contiguous()
+
+    def __call__(
+        self,
+        data_root: str | None = None,
+        *,
+        download: bool = True,
+        limit_train: int | None = None,
+        limit_test: int | None = None,
+        seed: int = 0,
+    ) -> ImageDataset:
+        root = _root(data_root)
+        try:
+            tensors = self.read(root, download)
+        except Exception as exc:  # offline, blocked, corrupt: all end the same way
+            raise DatasetNotFoundError(
+                f"{self.name}: could not load or download into {root} "
+                f"({type(exc).__name__}: {exc}). Download needs internet access; otherwise put "
+                f"torchvision's {self.name} files under that directory (--data-root) yourself."
+            ) from exc
+        return self.dataset(tensors, limit_train, limit_test, seed)
+
+    def dataset(
+        self, tensors: tuple[Tensor, Tensor, Tensor, Tensor], limit_train: int | None, limit_test: int | None, seed: int
+    ) -> ImageDataset:
+        """The dataset of ``read``'s tensors (or the same tensors from elsewhere, e.g. idx files)."""
+        x_tr, y_tr, x_te, y_te = tensors
+        mean, std = (self.mean, self.std) if self.mean and self.std else _channel_stats(x_tr)
+        info = DatasetInfo(self.name, self.num_classes, self.channels, self.image_size, mean, std, self.patch_size)
+        return _finish(info, TensorSplit(x_tr, y_tr), TensorSplit(x_te, y_te), limit_train, limit_test, seed)
+
+
+_TRAIN_TEST = ((("train", True),), (("train", False),))
+
+#: Every torchvision dataset ssl-bench loads. Statistics: the usual per-channel mean/std of each
+#: training set (CIFAR-10 as in kuangliu/pytorch-cifar, CIFAR-100 and STL-10 likewise).
+TORCHVISION_DATASETS: dict[str, TorchvisionDataset] = {
+    spec.name: spec
+    for spec in (
+        # CIFAR-10 / CIFAR-100 (fine labels): 32x32 RGB, 50k/10k
+        TorchvisionDataset("cifar10", "CIFAR10", 10, 3, 32, 4, _TRAIN_TEST, "targets", "NHWC", CIFAR10_MEAN, CIFAR10_STD),
+        TorchvisionDataset("cifar100", "CIFAR100", 100, 3, 32, 4, _TRAIN_TEST, "targets", "NHWC", CIFAR100_MEAN, CIFAR100_STD),
+        # STL-10's labelled splits: 96x96 RGB, 5k/8k; patch 8 gives a 12x12 grid (144 tokens), 16 a cheaper 6x6
+        TorchvisionDataset(
+            "stl10", "STL10", 10, 3, 96, 8, ((("split", "train"),), (("split", "test"),)), "labels", "NCHW",
+            STL10_MEAN, STL10_STD,
+        ),
+        # Fashion-MNIST: 28x28 grey, 60k/10k; the download only (load_fashion_mnist looks for local copies first)
+        TorchvisionDataset("fashion-mnist", "FashionMNIST", 10, 1, 28, 4, _TRAIN_TEST, "targets", "NHW"),
+    )
+}
+load_cifar10 = TORCHVISION_DATASETS["cifar10"]
+load_cifar100 = TORCHVISION_DATASETS["cifar100"]
+load_stl10 = TORCHVISION_DATASETS["stl10"]
 
 
 # --------------------------------------------------------------------- image folder
@@ -419,9 +417,7 @@ def load_imagefolder(
     except FileNotFoundError as exc:  # ImageFolder: no class folders / no images
         raise DatasetNotFoundError(f"imagefolder: {exc}") from exc
     if train.classes != test.classes:
-        raise ValueError(
-            f"imagefolder: train and val class folders differ ({len(train.classes)} vs {len(test.classes)})"
-        )
+        raise DatasetLayoutError(_class_mismatch(root, train.classes, test.classes))
     info = DatasetInfo(
         f"imagefolder:{root.name}",
         len(train.classes),
@@ -432,6 +428,23 @@ def load_imagefolder(
         default_patch_size=suggest_patch_size(image_size),
     )
     return _finish(info, train, test, limit_train, limit_test, seed)
+
+
+def _class_mismatch(root: Path, train: list[str], val: list[str]) -> str:
+    """Why train/ and val/ cannot be used together: a label is a class folder's place in the
+    sorted list of folders, so the two lists must be the same or every label after a gap is wrong."""
+
+    def named(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    only_val = sorted(set(val) - set(train))
+    only_train = sorted(set(train) - set(val))
+    parts = [f"val/ has {len(only_val)} class folder(s) that train/ lacks ({named(only_val)})"] if only_val else []
+    parts += [f"train/ has {len(only_train)} class folder(s) that val/ lacks ({named(only_train)})"] if only_train else []
+    return (
+        f"imagefolder: {root}: {'; '.join(parts)}. Labels follow the sorted class folders, so train/ and val/ "
+        "must hold the same ones: add the missing folders or remove the extra ones"
+    )
 
 
 IMAGENET1K_CLASSES = 1000
@@ -453,7 +466,7 @@ def load_imagenet1k(data_root: str | None = None, **options: Any) -> ImageDatase
     data = load_imagefolder(data_root, **options)  # same options (image_size, num_workers, decoder, ...)
     found = data.info.num_classes
     if found != IMAGENET1K_CLASSES:
-        raise ValueError(
+        raise DatasetLayoutError(
             f"imagenet-1k: {data_root} has {found} class folders, ImageNet-1k has {IMAGENET1K_CLASSES}; "
             "for another folder dataset use --dataset imagefolder"
         )

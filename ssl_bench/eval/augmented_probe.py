@@ -41,8 +41,8 @@ from torch import Tensor
 
 from ssl_bench.data.augment import crop_resize, normalize, sample_crop_boxes, to_float01
 from ssl_bench.data.crops import CropSpec
+from ssl_bench.distributed import broadcast_flag, gather_to_main
 from ssl_bench.eval.base import EvalInputError, EvalResult, check_features, check_labels, top1_accuracy
-from ssl_bench.eval.features import broadcast_flag, gather_to_main
 from ssl_bench.eval.linear_probe import (
     LinearProbeEvaluator,
     LinearProbeProtocol,
@@ -58,7 +58,7 @@ from ssl_bench.eval.linear_probe import (
 from ssl_bench.progress import progress
 
 if TYPE_CHECKING:
-    from ssl_bench.train.distributed import DistContext
+    from ssl_bench.distributed import DistContext
 
 #: torchvision RandomResizedCrop's default aspect-ratio range (MAE's probe leaves it at the default)
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)

@@ -18,18 +18,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from ssl_bench.data.augment import eval_transform
+from ssl_bench.distributed import DistContext, broadcast_flag, gather_to_main
 from ssl_bench.eval.base import EvalInputError
 from ssl_bench.progress import progress
-
-if TYPE_CHECKING:
-    from ssl_bench.train.distributed import DistContext
 
 FEATURES_NAME = "features.pt"
 CACHE_KEYS = ("train", "train_labels", "test", "test_labels")
@@ -43,32 +40,6 @@ def _is_distributed(ctx: DistContext | None) -> bool:
 
 def _is_main(ctx: DistContext | None) -> bool:
     return ctx is None or ctx.rank == 0
-
-
-def gather_to_main(x: Tensor, ctx: DistContext | None) -> Tensor | None:
-    """Rows of every rank's ``x`` [B, ...] interleaved in rank order on rank 0; None on the others.
-
-    Every rank must pass the same shape. Row ``j`` of rank ``r`` becomes row ``j * W + r``: for a
-    shard taken as ``perm[r::W]`` (``epoch_index_batches``) this is the unsharded order again.
-    Single process: ``x`` itself. Gathers on ``x``'s device (CUDA for NCCL, CPU for gloo).
-    """
-    if not _is_distributed(ctx):
-        return x
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(ctx.world_size)] if ctx.rank == 0 else None
-    dist.gather(x, parts, dst=0)
-    if parts is None:
-        return None
-    return torch.stack(parts, dim=1).flatten(0, 1)  # [B, W, ...] -> [B * W, ...]
-
-
-def broadcast_flag(flag: bool, ctx: DistContext | None) -> bool:
-    """Rank 0's ``flag`` on every rank (a decision only rank 0 can take, e.g. a cache hit)."""
-    if not _is_distributed(ctx):
-        return flag
-    t = torch.tensor([int(flag)], dtype=torch.int32, device=ctx.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from ssl_bench.eval.base import EvalInputError, EvalResult, check_eval_inputs, t
 from ssl_bench.progress import progress
 
 if TYPE_CHECKING:
-    from ssl_bench.train.distributed import DistContext
+    from ssl_bench.distributed import DistContext
 
 OptimizerName = Literal["lars", "sgd", "adamw"]
 DataProtocol = Literal["cached", "augmented"]

@@ -61,10 +61,10 @@ from ssl_bench.components.patches import patchify, unpatchify
 from ssl_bench.components.targets import reconstruction_loss
 from ssl_bench.data.augment import normalize, random_horizontal_flip, random_resized_crop, to_float01
 from ssl_bench.data.crops import CropSpec
+from ssl_bench.distributed import is_main_rank
 from ssl_bench.errors import ConfigError
 from ssl_bench.methods.parts import PART_KINDS, build_part, part_spec, used_options
 from ssl_bench.progress import progress
-from ssl_bench.train.distributed import is_main_rank
 
 log = logging.getLogger("ssl_bench")
 

@@ -33,7 +33,7 @@ from ssl_bench.run.resume import CHECKPOINT_NAME, comparable
 from ssl_bench.run.runs import Checked, RunOutcome, check_run
 from ssl_bench.run.score import Subject, flat_metrics, score, summary
 from ssl_bench.train.checkpoint import load_checkpoint
-from ssl_bench.train.distributed import DistContext, broadcast_object
+from ssl_bench.distributed import DistContext, broadcast_object
 
 log = logging.getLogger("ssl_bench")
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,8 @@ from ssl_bench.run.resume import (
 )
 from ssl_bench.run.score import Subject, flat_metrics, score, summary, write_metrics_json
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ssl_bench.train.distributed import DistContext, barrier, broadcast_object
+from ssl_bench.distributed import DistContext, barrier, broadcast_object
+from ssl_bench.train.epoch_log import RunLogHandler
 from ssl_bench.train.loop import train
 
 log = logging.getLogger("ssl_bench")
@@ -138,8 +138,7 @@ def run_method(
                 model.prepare(dataset.train, torch.Generator(device=ctx.device).manual_seed(cfg.seed))
             else:
                 model.on_resume(dataset.train)
-            result = train(model, dataset.train, cfg, run_dir, ctx, resume=state is not None, resume_state=state,
-                           resume_command=command)
+            result = train(model, dataset.train, cfg, run_dir, ctx, resume_state=state, resume_command=command)
             del state
             model.eval()
             key = features_key(method, model, result.epochs, result.steps, ctx.is_main)
@@ -169,21 +168,8 @@ def _interrupt_names(command: str) -> Iterator[None]:
         raise RunInterrupted(f"interrupted; the run is marked 'interrupted' and its last checkpoint is kept. Resume with: {command}") from None
 
 
-class _RunLog(logging.FileHandler):
-    """``RUN_DIR/train.log``. A write that fails (a full disk) detaches the file with one warning
-    line instead of logging's multi-line "--- Logging error ---" report on every later message."""
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
-        logger = logging.getLogger("ssl_bench")
-        logger.removeHandler(self)
-        with contextlib.suppress(Exception):
-            self.close()
-        logger.warning("ssl-bench: warning: %s stopped being written (%s); the run goes on",
-                       self.baseFilename, sys.exc_info()[1])
-
-
 def _attach_logfile(run_dir: Path) -> logging.Handler:
-    handler = _RunLog(run_dir / "train.log")
+    handler = RunLogHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("ssl_bench").addHandler(handler)
     return handler

@@ -1,66 +1,48 @@
-"""Atomic checkpoints: write to a temp file in the same directory, then rename over the old one.
+"""The checkpoint file: written atomically, read back with one clear error when it cannot be used.
 
-A crash mid-write leaves the previous checkpoint intact; an unreadable checkpoint raises a
-CheckpointError before anything is written, so nothing good is ever overwritten by a bad resume.
-A failed write (disk full, read-only directory, a second Ctrl-C while saving) removes the temp
-file and keeps the previous checkpoint; OS errors become one CheckpointWriteError line.
+Writes go through :func:`ssl_bench.files.atomic_torch_save` (temp file in the same directory, fsync,
+rename over the old one): a crash mid-write leaves the previous checkpoint intact, and a failed
+write (disk full, read-only directory, a second Ctrl-C while saving) removes the temp file and keeps
+the previous checkpoint; OS errors become one CheckpointWriteError line. An unreadable checkpoint
+raises a CheckpointError before anything is written, so nothing good is ever overwritten by a bad
+resume.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ssl_bench.errors import CheckpointError, CheckpointWriteError
+from ssl_bench.files import DiskWriteError, atomic_torch_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-# errno -> (what happened, what to do); the rest fall back to the OS's own words
-_WRITE_FIXES = {
-    errno.ENOSPC: ("no space left on device", "free space or use --out elsewhere"),
-    errno.EDQUOT: ("disk quota exceeded", "free space or use --out elsewhere"),
-    errno.EROFS: ("read-only file system", "use --out on a writable disk"),
-    errno.EACCES: ("permission denied", "make the directory writable or use --out elsewhere"),
-    errno.EPERM: ("operation not permitted", "make the directory writable or use --out elsewhere"),
-}
-
-
-def _write_error(path: Path, exc: OSError) -> CheckpointWriteError:
-    cause, fix = _WRITE_FIXES.get(exc.errno, (exc.strerror or str(exc), "check the disk or use --out elsewhere"))
-    try:
-        existed = path.is_file()
-    except OSError:  # an unreadable directory: do not let the message itself fail
-        existed = False
-    kept = "the previous checkpoint there is kept" if existed else "no earlier checkpoint existed there"
-    return CheckpointWriteError(f"could not write checkpoint {path}: {cause}: {fix} ({kept})")
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file, fsync, rename).
-
-    torch.save is given an open Python file rather than a path so that a full disk surfaces as an
-    OSError with its errno (with a path, torch's zip writer reports an opaque RuntimeError).
-    """
+    """Write ``state`` to ``path`` atomically; a failed write is one :class:`CheckpointWriteError`
+    line (``could not write checkpoint PATH: cause: fix (what is kept)``)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    existed = False
+    with contextlib.suppress(OSError):  # an unreadable directory: do not let the message itself fail
+        existed = path.is_file()
+    kept = "the previous checkpoint there is kept" if existed else "no earlier checkpoint existed there"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not publish a file whose data is still in cache
-        os.replace(tmp, path)
-    except BaseException as exc:  # OSError, or KeyboardInterrupt from a second Ctrl-C mid-save
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise _write_error(path, exc) from None
-        raise
+        atomic_torch_save(path, state, kept)
+    except DiskWriteError as exc:
+        # files.write_error's line, "could not write PATH: ...", named as the checkpoint it is
+        message = str(exc).replace("could not write ", "could not write checkpoint ", 1)
+        raise CheckpointWriteError(message) from None
+
+
+def describe_position(epoch: int, epoch_step: int, steps_per_epoch: int) -> str:
+    """Where a checkpoint stands, for messages: ``epoch`` epochs done plus ``epoch_step`` steps of the next."""
+    if epoch_step:
+        return f"epoch {epoch + 1}, after step {epoch_step} of {steps_per_epoch}"
+    return f"end of epoch {epoch}"
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

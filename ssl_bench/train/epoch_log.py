@@ -6,11 +6,16 @@ tensor values are summed on their device and only read once per epoch; plain flo
 the host. Micro-batches of one optimiser step are averaged (each adds value / accum_iter, as the
 loss does), then the epoch's optimiser steps are averaged, then the ranks (one all-reduce per epoch).
 
-Where the numbers go (rank 0 only): the epoch line of ``train.log``, one JSON object per epoch in
-``RUN_DIR/metrics.jsonl`` and, when the ``tensorboard`` package is importable, scalars under
-``RUN_DIR/tb/``. A resumed run first drops the jsonl lines of epochs its checkpoint does not contain
-(training that was thrown away and is about to be redone), so the file always ends up with one line
-per epoch, exactly as an uninterrupted run writes it.
+Where the numbers go (rank 0 only): the epoch line of ``train.log`` (:class:`RunLogHandler`), one
+JSON object per epoch in ``RUN_DIR/metrics.jsonl`` and, when the ``tensorboard`` package is
+importable, scalars under ``RUN_DIR/tb/``. A resumed run first drops the jsonl lines of epochs its
+checkpoint does not contain (training that was thrown away and is about to be redone), so the file
+always ends up with one line per epoch, exactly as an uninterrupted run writes it.
+
+Both files are logs, read back only to be continued: a damaged line in ``metrics.jsonl`` (binary
+garbage, a line cut short by a crash) is dropped with one warning when a resume rewrites the file,
+never an error. A full disk while writing either file is one :class:`~ssl_bench.files.DiskWriteError`
+line (the CLI's ``ssl-bench: error: ...``), never a traceback.
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ssl_bench.train.distributed import DistContext
+from ssl_bench.distributed import DistContext
+from ssl_bench.files import atomic_write_text, write_error
 
 log = logging.getLogger("ssl_bench.train")
 
@@ -134,21 +140,34 @@ class MetricsWriter:
         self.tb = _summary_writer(Path(run_dir) / TB_DIR, resume_step + 1 if resume_epoch is not None else None)
 
     def _truncate(self, keep_epochs: int) -> None:
-        kept = []
-        for line in self.path.read_text().splitlines():
+        """Rewrite the file with the lines of the first ``keep_epochs`` epochs; lines that are not
+        epoch records (binary garbage, a line cut short by a crash mid-write) go, with one warning."""
+        kept, damaged = [], 0
+        for raw in self.path.read_bytes().splitlines():
             try:
+                line = raw.decode("utf-8")
                 rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash mid-write
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                damaged += 1
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("epoch"), int) and rec["epoch"] <= keep_epochs:
+            if not (isinstance(rec, dict) and isinstance(rec.get("epoch"), int)):
+                damaged += 1
+            elif rec["epoch"] <= keep_epochs:
                 kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, self.path)
+        if damaged:
+            log.warning(
+                "%s: dropped %d damaged line(s) (not JSON epoch records: garbage, or cut short by a crash); "
+                "rewriting it with the %d epoch line(s) the checkpoint covers", self.path, damaged, len(kept),
+            )
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n")
+        line = json.dumps({k: _json_value(v) for k, v in record.items()}) + "\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError as exc:  # a line cut short here is dropped by the resume (see _truncate)
+            raise write_error(self.path, exc, "its earlier lines and the last checkpoint are kept") from None
         if self.tb is not None:
             for key, value in record.items():
                 if key not in ("epoch", "step") and isinstance(value, (int, float)):
@@ -169,3 +188,36 @@ def _summary_writer(log_dir: Path, purge_step: int | None) -> Any:
     except ImportError:
         return None
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+
+
+class RunLogHandler(logging.FileHandler):
+    """The run's ``train.log``: a FileHandler whose failed write (a full disk, a read-only remount)
+    raises one :class:`~ssl_bench.files.DiskWriteError` line from the logging call.
+
+    logging's default is to print ``--- Logging error ---`` with a traceback on stderr for every
+    record that cannot be written, and go on without the log. After the first failure this handler
+    writes nothing more (so the cleanup that follows, which logs too, does not fail again).
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        self.failed = True
+        raise write_error(Path(self.baseFilename), exc, "the lines before it are kept") from None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # flushing what the failed write left in the buffer: already reported
+            if not self.failed:
+                raise

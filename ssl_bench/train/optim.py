@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from timm.optim import Lars
+from timm.scheduler import CosineLRScheduler
 
 from ssl_bench.components.base import Method
 from ssl_bench.errors import ConfigError
@@ -113,3 +114,17 @@ def scheduled_lr(optimizer: torch.optim.Optimizer) -> float:
         if not group.get("fixed_lr") and scale > 0:
             return group["lr"] / scale
     return optimizer.param_groups[0]["lr"]
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: Any, total_steps: int, warmup_steps: int) -> CosineLRScheduler:
+    """MAE's schedule per optimiser step: a linear warm-up from 0 over ``warmup_steps``, then a
+    half-cosine to ``train.min_lr`` over the rest (timm's CosineLRScheduler, ``step_update``)."""
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(total_steps - warmup_steps, 1),
+        lr_min=tcfg.min_lr,
+        warmup_t=warmup_steps,
+        warmup_lr_init=0.0,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
