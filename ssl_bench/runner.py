@@ -29,16 +29,17 @@ import torch
 from mmengine.config import Config
 
 from ssl_bench.components.base import Method
-from ssl_bench.config import config_to_json, flat_keys, load_config
+from ssl_bench.config import config_to_json, flat_keys
 from ssl_bench.config_schema import validate_config
 from ssl_bench.errors import CheckpointError, ConfigError, SSLBenchError, TrainingInterrupted
 from ssl_bench.eval.base import EvalResult
 from ssl_bench.eval.features import broadcast_flag, cached_features, pixel_features
-from ssl_bench.methods.parts import build_backbone, keyword_options
+from ssl_bench.methods.parts import keyword_options
 from ssl_bench.provenance import git_commit, package_versions
 from ssl_bench.registry import Registry, get_registry
 from ssl_bench.results.leaderboard import BASELINE_METHOD_NAMES
 from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
+from ssl_bench.run.assemble import build_backbone, build_method, method_config, resolve_part_specs
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.distributed import DistContext, barrier
 from ssl_bench.train.loop import TrainResult, train
@@ -60,16 +61,6 @@ class RunOutcome:
     run_dir: Path
     run_id: int | None
     metrics: dict[str, float]
-
-
-def method_config(method: str, registry: Registry, **kwargs: Any) -> Config:
-    """Resolved, validated config for `method`: harness defaults < method default < user file < flags < --set."""
-    cls = registry.get("method", method)
-    cfg = load_config(getattr(cls, "default_config", None), **kwargs)
-    cfg.method = cfg.get("method") or {}
-    cfg.method["name"] = method
-    validate_config(cfg)
-    return cfg
 
 
 def validate_dataset(dataset: Any, cfg: Any) -> None:
@@ -134,13 +125,6 @@ def load_dataset(cfg: Any, registry: Registry) -> Any:
             + " ".join(f"dataset.{k}=None" for k in bad)
         )
     return loader(dcfg.get("data_root"), **options)
-
-
-def build_method(cfg: Any, registry: Registry, info: Any) -> Method:
-    torch.manual_seed(cfg.seed)  # parameter init is part of the seed's contract
-    backbone = build_backbone(cfg, registry, info)
-    cls = registry.get("method", cfg.method.name)
-    return cls(cfg, backbone, info)
 
 
 def new_run_dir(out: str | Path, cfg: Any, name: str) -> Path:
@@ -517,6 +501,7 @@ def load_trained_method(run_dir: str | Path, registry: Registry | None = None) -
         cfg = Config(json.loads(cfg_path.read_text()))
     except ValueError as exc:
         raise ConfigError(f"{cfg_path} is not valid JSON ({exc}); it is damaged: re-create it from the checkpoint or retrain") from None
+    resolve_part_specs(cfg, registry)  # a no-op on a resolved config; an older run's config resolves as a new one would
     dataset = load_dataset(cfg, registry)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
     model = _prepared_model(cfg, registry, dataset.info, state, run_dir)
