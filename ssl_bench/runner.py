@@ -39,7 +39,7 @@ from ssl_bench.provenance import git_commit, package_versions
 from ssl_bench.registry import Registry, get_registry
 from ssl_bench.results.leaderboard import BASELINE_METHOD_NAMES
 from ssl_bench.results.store import ResultsStore, RunRecord, utc_now
-from ssl_bench.run.assemble import build_backbone, build_method, method_config, resolve_part_specs
+from ssl_bench.run.assemble import build_backbone, build_method, method_config, resolve_part_specs  # also re-exported here
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.distributed import DistContext, barrier
 from ssl_bench.train.loop import TrainResult, train

@@ -25,7 +25,8 @@ from mmengine.config import Config
 from ssl_bench.config import config_to_json
 from ssl_bench.errors import ConfigError
 from ssl_bench.registry import build_registry
-from ssl_bench.run.assemble import build_method, method_config, resolve_part_specs
+from ssl_bench.data.base import DatasetInfo
+from ssl_bench.run.assemble import build_backbone, build_method, build_parts, method_config, resolve_part_specs
 from ssl_bench.runner import load_dataset
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ssl-bench-example"
@@ -202,3 +203,74 @@ def test_a_new_method_as_config_alone_trains(reg, digits):
     out = model(images, labels, torch.Generator().manual_seed(0))
     out.loss.backward()
     assert math.isfinite(out.loss.item()) and model.backbone.vit.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_build_parts_constructs_in_the_seed_order_with_only_the_context_each_names():
+    """noise schedule, tokenizer, corruption, target (the order of their random initial weights is
+    part of a seed's contract), each given the user's options plus the pipeline keywords its
+    constructor names (ssl_bench.components.base), from whatever registry the builder is handed."""
+    calls: list[tuple[str, dict]] = []
+
+    def recorder(kind):
+        def make(**kwargs):
+            calls.append((kind, kwargs))
+            return type(kind, (), {"latent_dim": 4, "needs_schedule": False})()
+        return make
+
+    def schedule(T=1000):
+        calls.append(("noise-schedule", {"T": T}))
+        return "the schedule"
+
+    def tokenizer(patch_size, channels, latent_dim=None):
+        calls.append(("tokenizer", {"patch_size": patch_size, "channels": channels, "latent_dim": latent_dim}))
+        return "the tokenizer"
+
+    def target(tokenizer, schedule, weight=1.0):
+        calls.append(("target", {"tokenizer": tokenizer, "schedule": schedule, "weight": weight}))
+        return "the target"
+
+    factories = {"noise-schedule": schedule, "tokenizer": tokenizer, "corruption": recorder("corruption"), "target": target}
+
+    class Registry:
+        def get(self, kind, name):
+            assert name == f"my-{kind}"
+            return factories[kind]
+
+    cfg = Config(dict(
+        backbone=dict(name="vit-nano", patch_size=None),
+        method=dict(noise_schedule=dict(name="my-noise-schedule", T=50), tokenizer=dict(name="my-tokenizer", latent_dim=3),
+                    corruption="my-corruption", target=dict(name="my-target", weight=None), image_size=None),
+    ))
+    parts = build_parts(cfg, Registry(), DatasetInfo("toy", 2, 3, 8, (0.5,) * 3, (0.2,) * 3, default_patch_size=2))
+    assert [k for k, _ in calls] == ["noise-schedule", "tokenizer", "corruption", "target"]
+    assert calls[0][1] == {"T": 50}
+    assert calls[1][1] == {"patch_size": 2, "channels": 3, "latent_dim": 3}  # no image_size: it does not name it
+    assert calls[2][1] == {"schedule": "the schedule"}
+    assert calls[3][1] == {"tokenizer": "the tokenizer", "schedule": "the schedule", "weight": 1.0}  # None: the default
+    assert (parts.noise_schedule, parts.tokenizer, parts.target) == ("the schedule", "the tokenizer", "the target")
+    assert parts.specs["corruption"] == {"name": "my-corruption"}
+
+
+def test_a_reconstruction_method_is_built_from_parts_it_is_given(reg, digits):
+    """Model code looks nothing up: MAE from hand-made parts, and the latent-input MAE asks for its
+    backbone factory instead of a registry."""
+    from ssl_bench.components.base import Parts
+    from ssl_bench.components.masking import RandomMasking
+    from ssl_bench.components.targets import NormalizedPixelTarget
+    from ssl_bench.components.tokenizers import PatchTokenizer
+    from ssl_bench_plugins.mae.method import MAE
+
+    cfg = method_config("mae", reg, cli={"backbone.name": "vit-nano"}, set_items=TINY)
+    parts = Parts(tokenizer=PatchTokenizer(patch_size=2, channels=1), corruption=RandomMasking(0.5),
+                  target=NormalizedPixelTarget(patch_size=2), specs={"tokenizer": {"name": "patch"}, "noise_schedule": None,
+                                                                     "corruption": {"name": "random-masking", "mask_ratio": 0.5},
+                                                                     "target": {"name": "norm-pix"}})
+    model = MAE(cfg, build_backbone(cfg, reg, digits.info), digits.info, parts=parts)
+    assert model.corruption is parts.corruption and model.output_dim == 4  # 2 x 2 x 1 pixels per token
+    images, labels = next(iter(digits.train.batches(8)))
+    assert math.isfinite(model(images, labels, torch.Generator().manual_seed(0)).loss.item())
+
+    latent = method_config("mae", reg, user_config=Path(__file__).resolve().parents[1] / "examples" / "configs" / "mae_pca_latent.py",
+                           cli={"backbone.name": "vit-nano"}, set_items=TINY)
+    with pytest.raises(ConfigError, match="input_space='latent' needs a backbone on the latent geometry"):
+        MAE(latent, build_backbone(latent, reg, digits.info), digits.info, parts=build_parts(latent, reg, digits.info))

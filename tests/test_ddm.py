@@ -19,7 +19,8 @@ from ssl_bench.diffusion import LossSecondMomentSampler
 from ssl_bench.registry import get_registry
 from ssl_bench.results.leaderboard import build_leaderboard
 from ssl_bench.results.store import ResultsStore
-from ssl_bench.runner import build_method, load_dataset, run_method
+from ssl_bench.run.assemble import build_method
+from ssl_bench.runner import load_dataset, run_method
 from ssl_bench.train.distributed import DistContext
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))

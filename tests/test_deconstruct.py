@@ -15,7 +15,7 @@ from mmengine.config import Config
 from ssl_bench.data.base import DatasetInfo
 from ssl_bench.errors import ConfigError
 from ssl_bench.results.store import ResultsStore
-from ssl_bench.runner import build_method, method_config
+from ssl_bench.run.assemble import build_method, method_config
 from ssl_bench_plugins.ddm.deconstruct import chain as dc
 
 CHAIN = dc.DEFAULT_CHAIN_DIR

@@ -22,7 +22,8 @@ from ssl_bench.components.schedules import Gamma2LinearSchedule, LinearBetaSched
 from ssl_bench.components.tokenizers import PatchPCATokenizer
 from ssl_bench.errors import ConfigError
 from ssl_bench.registry import get_registry
-from ssl_bench.runner import build_method, load_dataset
+from ssl_bench.run.assemble import build_method
+from ssl_bench.runner import load_dataset
 
 
 @pytest.fixture(scope="module")

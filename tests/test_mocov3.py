@@ -23,7 +23,7 @@ from ssl_bench.components.momentum import momentum_at
 from ssl_bench.data import augment as A
 from ssl_bench.data.base import DatasetInfo
 from ssl_bench.registry import build_registry
-from ssl_bench.runner import build_method, method_config
+from ssl_bench.run.assemble import build_method, method_config
 from ssl_bench.train.loop import build_optimizer
 from ssl_bench_plugins.mocov3.method import MoCoV3
 

@@ -12,7 +12,7 @@ import torch
 from ssl_bench.data.base import DatasetInfo
 from ssl_bench.data.datasets import IMAGENET_MEAN, IMAGENET_STD
 from ssl_bench.results.leaderboard import PAPER_EPOCHS
-from ssl_bench.runner import build_method, method_config
+from ssl_bench.run.assemble import build_method, method_config
 
 TABLE4 = Path(__file__).resolve().parents[1] / "benchmarks" / "table4"
 RECIPES = sorted(TABLE4.glob("*_vit_[bl].py"))

@@ -8,8 +8,8 @@ _base_ = "../../ssl_bench/configs/denoising.py"
 
 method = dict(
     name="ldae",
-    # gamma = 1, sigma_t = sqrt(2) * t / T, T = 1000 (sigma_10 = 0.0141) (§4.3 "remove input scaling").
-    noise_schedule=dict(name="sigma-linear", T=1000),
+    # gamma = 1, sigma_t = sqrt(2) * t / T, T = 1000 (the base's) (sigma_10 = 0.0141) (§4.3 "remove input scaling").
+    noise_schedule=dict(name="sigma-linear"),
     # The original image, error in the full PCA basis: weight 1 on the d latent directions, 0.1 on the
     # D - d others, lambda_t = 1/(1+sigma_t^2) (Eq. 4).
     target=dict(name="original-image", residual_weight=0.1),
