@@ -1,4 +1,8 @@
-"""Config resolution: harness defaults < method default < --config file < CLI flags < --set.
+"""Config layering: harness defaults < method default < --config file < CLI flags < --set.
+
+The layers only: the method's part specs (``method.tokenizer`` and friends) are resolved against
+the registered components by the run's builder (``ssl_bench.run.assemble.method_config``), which
+sits above the registry.
 
 Configs are mmengine `Config` python files (with `_base_` inheritance); we use nothing else of
 mmengine (its Runner's resume is broken under torch.load's weights_only default).
@@ -7,14 +11,16 @@ mmengine (its Runner's resume is broken under torch.load's weights_only default)
 from __future__ import annotations
 
 import ast
+import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterable
 
 from mmengine.config import Config, ConfigDict
 
 from ssl_bench.errors import ConfigError
-from ssl_bench.methods.parts import PART_KINDS
+from ssl_bench.hookspecs import PART_KINDS
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
@@ -36,8 +42,8 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
 
 #: method keys that hold a component spec (``dict(name=..., **options)`` or None): see
 #: ``ssl_bench.methods.parts``. Their options are checked against the component's constructor when the
-#: method is built, so new option keys are allowed under them.
-COMPONENT_SLOTS = tuple(PART_KINDS)  # the method slots built from the registry (one list, in parts.py)
+#: config is resolved (``ssl_bench.run.assemble.method_config``), so new option keys are allowed under them.
+COMPONENT_SLOTS = tuple(PART_KINDS)  # the method slots built from the registry (one list, in hookspecs.py)
 
 
 def _is_open(node: Any, path: list[str]) -> bool:
@@ -54,7 +60,7 @@ def _is_open(node: Any, path: list[str]) -> bool:
     return bool(node) and all(isinstance(v, (tuple, list)) for v in node.values())
 
 
-def _check_keys_exist(cfg: Config, overrides: dict[str, Any], origin: str) -> None:
+def check_keys_exist(cfg: Config, overrides: Mapping[str, Any], origin: str) -> None:
     """Catch typos: every dotted key of an override must exist in the resolved config (keys under a
     component spec are that component's options, checked when it is built)."""
     tree = cfg.to_dict()
@@ -124,7 +130,7 @@ def read_config_file(path: str | Path, origin: str) -> dict[str, Any]:
 
 
 def load_config(
-    method_config: str | Path | None = None,
+    method_config: str | Path | Mapping[str, Any] | None = None,
     user_config: str | Path | None = None,
     cli: dict[str, Any] | None = None,
     set_items: Iterable[str] = (),
@@ -132,6 +138,8 @@ def load_config(
 ) -> Config:
     """The defaults < the method's defaults < ``--config`` < command-line flags < ``--set``.
 
+    ``method_config``: the method's default config file, or its contents already read (the run's
+    builder reads it once: it also resolves the part specs against it).
     ``base``: start from this resolved config instead of the defaults and the method's (a resumed
     run's own config); the user's layers merge onto it by the same rules.
     """
@@ -139,18 +147,19 @@ def load_config(
     for path, origin in ((None if base is not None else method_config, "method default"), (user_config, "--config")):
         if path is None:
             continue
-        loaded = read_config_file(path, origin)
+        # a dict already read is copied: mmengine's merge keeps (and may change) the dicts it is given
+        loaded = copy.deepcopy(dict(path)) if isinstance(path, Mapping) else read_config_file(path, origin)
         keys = flat_keys(loaded)
         if origin == "--config":  # a user file is checked like --set: a misspelt key is an error
-            _check_keys_exist(cfg, keys, f"--config {path}")
+            check_keys_exist(cfg, keys, f"--config {path}")
         _open_none_slots(cfg, keys)
         cfg.merge_from_dict(loaded)
     if cli:
         cli = {k: v for k, v in cli.items() if v is not None}
-        _check_keys_exist(cfg, cli, "command-line flag")
+        check_keys_exist(cfg, cli, "command-line flag")
         cfg.merge_from_dict(cli)
     overrides = parse_set_items(set_items)
-    _check_keys_exist(cfg, overrides, "--set")
+    check_keys_exist(cfg, overrides, "--set")
     _open_none_slots(cfg, overrides)
     cfg.merge_from_dict(overrides)
     return cfg

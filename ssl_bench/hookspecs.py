@@ -102,6 +102,26 @@ KIND_HOOKS: dict[str, str] = {
     "evaluator": "ssl_bench_evaluators",
 }
 
+#: The parts of a reconstruction method: method config key -> registry kind, in build order (the
+#: tokenizer's and target's constructors may draw random initial weights: this order is part of a
+#: seed's contract). Each is named in the config as ``method.<key> = dict(name=..., **options)``.
+PART_KINDS: dict[str, str] = {
+    "noise_schedule": "noise-schedule",
+    "tokenizer": "tokenizer",
+    "corruption": "corruption",
+    "target": "target",
+}
+
+#: registry kind -> the keywords the pipeline passes a part's factory (only those its signature
+#: names), besides the user's options: the geometry and the parts built before it. A user cannot set
+#: them (``ssl_bench.components.base`` documents what each one is).
+PART_CONTEXT: dict[str, tuple[str, ...]] = {
+    "noise-schedule": (),
+    "tokenizer": ("image_size", "patch_size", "channels"),
+    "corruption": ("schedule",),
+    "target": ("schedule", "tokenizer", "image_size", "patch_size", "channels"),
+}
+
 # Commands are not components (nothing builds them from a config), so they get their own kind and table.
 COMMAND_KIND = "command"
 COMMAND_HOOK = "ssl_bench_commands"

@@ -1,4 +1,4 @@
-"""Config resolution order and typo protection."""
+"""Config resolution order, typo protection, and the default config files' inheritance."""
 
 from __future__ import annotations
 
@@ -63,3 +63,60 @@ def test_imagenet1k_takes_the_folder_loaders_options():
     cfg = Config(dict(dataset=dict(name="imagenet-1k", data_root="nowhere", download=True)))
     with pytest.raises(ConfigError, match=r"dataset 'imagenet-1k' does not take option\(s\) download .*dataset.download=None"):
         load_dataset(cfg, get_registry())
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in dict(tree).items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+DENOISING_PLUGINS = ("ldae", "ddm")
+BASE_LINE = '_base_ = "../../ssl_bench/configs/denoising.py"'
+
+
+@pytest.mark.parametrize("plugin", DENOISING_PLUGINS)
+def test_denoising_defaults_inherit_one_base_and_repeat_none_of_it(plugin):
+    """ddm and ldae are the core DenoisingMethod with different settings: their default configs
+    inherit ssl_bench/configs/denoising.py and state only what differs from it."""
+    import ast
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "plugins" / plugin / "default_config.py").read_text()
+    assert BASE_LINE in text.splitlines()
+    base = _flat(Config.fromfile(str(root / "ssl_bench" / "configs" / "denoising.py")).to_dict())
+    tree = ast.parse(text)
+    tree.body = [n for n in tree.body if not (isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "_base_")]
+    own: dict = {}
+    exec(compile(tree, plugin, "exec"), {}, own)  # the file's own keys, without its base
+    repeated = [k for k, v in _flat(own).items() if k in base and base[k] == v]
+    assert not repeated, f"plugins/{plugin}/default_config.py repeats the base's values: {repeated}"
+    assert own["method"]["name"] == plugin
+
+
+def test_denoising_base_resolves_from_the_installed_layout(tmp_path):
+    """A wheel installs plugins/ as ssl_bench_plugins/ beside ssl_bench/ (pyproject.toml
+    package-dir): the relative _base_ must find the base there as it does in the checkout."""
+    import shutil
+    from pathlib import Path
+
+    from mmengine.config import Config
+
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path / "site-packages"
+    (site / "ssl_bench" / "configs").mkdir(parents=True)
+    shutil.copy2(root / "ssl_bench" / "configs" / "denoising.py", site / "ssl_bench" / "configs" / "denoising.py")
+    for plugin in DENOISING_PLUGINS:
+        (site / "ssl_bench_plugins" / plugin).mkdir(parents=True)
+        shutil.copy2(root / "plugins" / plugin / "default_config.py", site / "ssl_bench_plugins" / plugin / "default_config.py")
+        installed = Config.fromfile(str(site / "ssl_bench_plugins" / plugin / "default_config.py")).to_dict()
+        checkout = Config.fromfile(str(root / "plugins" / plugin / "default_config.py")).to_dict()
+        assert installed == checkout and installed["method"]["name"] == plugin
+        assert installed["method"]["tokenizer"]["name"] == "patch-pca"  # from the base

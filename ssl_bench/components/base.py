@@ -1,13 +1,14 @@
 """Component interfaces. A reconstruction method is tokenizer -> corruption -> network -> target
-(``ssl_bench/methods/reconstruction.py`` owns that pipeline; every part is built by name from the
-registry, so a third-party part is as usable as a built-in one).
+(``ssl_bench/methods/reconstruction.py`` owns that pipeline). Every part is built by name from the
+registry by the run's builder (``ssl_bench.run.assemble``) and handed to the method as ``Parts``, so
+a third-party part is as usable as a built-in one and model code never looks anything up.
 
 These are typed base classes rather than Protocols so that a plugin author gets a clear error when a
 required method is missing, and so that components can hold buffers (PCA bases) as `nn.Module`s.
 
-Constructors. The pipeline calls each part's registered factory with the user's options from the
+Constructors. The builder calls each part's registered factory with the user's options from the
 method config (``method.<part> = dict(name=..., **options)``) plus, *only if the constructor names
-them*, these keywords:
+them*, these keywords (``ssl_bench.hookspecs.PART_CONTEXT``):
 
 =============  ===========================================================================
 kind           keywords the pipeline passes when the constructor takes them
@@ -15,7 +16,7 @@ kind           keywords the pipeline passes when the constructor takes them
 tokenizer      ``image_size``, ``patch_size`` (the network's pixel patch), ``channels``
 noise-schedule (none: options only, e.g. ``T``)
 corruption     ``schedule`` (the built ``NoiseSchedule``, or None when none is configured)
-target         ``schedule``, ``tokenizer``, ``patch_size``, ``channels``
+target         ``schedule``, ``tokenizer``, ``image_size``, ``patch_size``, ``channels``
 =============  ===========================================================================
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +136,25 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def features(self, images: Tensor, pool: str = "cls") -> Tensor:
         """[N, C, H, W] -> [N, D] representation for probing."""
+
+
+@dataclass
+class Parts:
+    """A reconstruction method's parts, built by the run's builder from the resolved ``method.<part>``
+    specs in the order of ``ssl_bench.hookspecs.PART_KINDS`` (noise schedule, tokenizer, corruption,
+    target: the order of their random initial weights is part of a seed's contract)."""
+
+    tokenizer: Tokenizer
+    corruption: Corruption
+    target: Target
+    noise_schedule: Any = None  # a NoiseSchedule (ssl_bench.components.schedules), or None when none is configured
+    #: the resolved specs they were built from, {config key: dict(name=..., **options) or None}
+    specs: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+
+#: ``make_backbone(image_size=, patch_size=, in_chans=)``: the configured backbone (``cfg.backbone``) on
+#: another geometry, e.g. MAE's encoder reading the tokenizer latent laid out as an image.
+BackboneFactory = Callable[..., Backbone]
 
 
 @dataclass

@@ -5,9 +5,10 @@
 
 l-DAE's argument (Chen et al. 2024, §4, Fig. 1) is that a diffusion model and a classical denoising
 autoencoder are this same pipeline with different parts; MAE (He et al. 2022) is it with masking.
-So the parts are chosen by name from the registry (``method.tokenizer``, ``method.noise_schedule``,
-``method.corruption``, ``method.target``, each ``dict(name=..., **options)``, see ``parts.py``) and a
-method plugin only adds its *network* (MAE's ViT encoder + decoder, a DiT) and what only it has.
+So the parts are chosen by name (``method.tokenizer``, ``method.noise_schedule``, ``method.corruption``,
+``method.target``, each ``dict(name=..., **options)``, see ``parts.py``), built from the registry by
+the run's builder (``ssl_bench.run.assemble.build_parts``) and handed to the method, and a method
+plugin only adds its *network* (MAE's ViT encoder + decoder, a DiT) and what only it has.
 Masking vs additive latent noise with everything else held equal is then one ``--set``.
 
 Pipeline keys (``method.*``), shared by every reconstruction method:
@@ -48,22 +49,22 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from mmengine.config import Config
 from torch import Tensor
 
-from ssl_bench.components.base import Corrupted, Method, StepOutput
+from ssl_bench.components.base import BackboneFactory, Corrupted, Method, Parts, StepOutput
 from ssl_bench.components.patches import patchify, unpatchify
 from ssl_bench.components.targets import reconstruction_loss
 from ssl_bench.data.augment import normalize, random_horizontal_flip, random_resized_crop, to_float01
 from ssl_bench.data.crops import CropSpec
 from ssl_bench.distributed import is_main_rank
 from ssl_bench.errors import ConfigError
-from ssl_bench.methods.parts import PART_KINDS, build_part, part_spec, used_options
+from ssl_bench.methods.parts import used_options
 from ssl_bench.progress import progress
 
 log = logging.getLogger("ssl_bench")
@@ -76,32 +77,53 @@ def _kind_label(kind: str, spec: dict[str, Any] | None) -> str:
     return f"{kind} '{spec['name']}'" if spec else f"no {kind}"
 
 
+@dataclass(frozen=True)
+class PixelGeometry:
+    """The method's pixels and tokens: what its parts are built for (``as_context`` is the keywords
+    a part constructor receives, see ``ssl_bench.components.base``)."""
+
+    image_size: int  # method.image_size, or the dataset's (every image is resized to it)
+    grid: int  # tokens per side of the network's patch grid (the backbone's)
+    patch_size: int  # the network's pixel patch at image_size: image_size // grid (16 at 224/256 px)
+    channels: int
+
+    @classmethod
+    def of(cls, cfg: Any, info: Any, grid: int, backbone_name: str) -> PixelGeometry:
+        """For ``cfg`` on a dataset (``info``) with a backbone of ``grid`` x ``grid`` tokens."""
+        image_size = int(cfg.method.get("image_size") or info.image_size)
+        if image_size % grid:
+            raise ConfigError(
+                f"method.image_size {image_size} is not divisible by the {grid}x{grid} token grid of "
+                f"{backbone_name}; pick a multiple of {grid}"
+            )
+        return cls(image_size, grid, image_size // grid, int(info.channels))
+
+    def as_context(self) -> dict[str, int]:
+        return {"image_size": self.image_size, "patch_size": self.patch_size, "channels": self.channels}
+
+
 class ReconstructionMethod(Method):
     """A method built from tokenizer, corruption, noise schedule and target parts plus a network.
 
-    Subclasses implement ``build_network`` (create the modules, called once the parts exist),
-    ``predict`` (network input + corruption record -> prediction [N, L, P]) and ``features``
-    (clean network input -> [N, D] probe features), and set ``default_config``.
+    The parts arrive built (``parts``, from ``ssl_bench.run.assemble.build_parts``); so does, for a
+    network that reads another geometry than the dataset's, a factory of the configured backbone
+    (``make_backbone``). Subclasses implement ``build_network`` (create the modules, called once the
+    parts are in place), ``predict`` (network input + corruption record -> prediction [N, L, P]) and
+    ``features`` (clean network input -> [N, D] probe features), and set ``default_config``.
     """
 
     #: the image normalisation when the config does not say (MAE's dataset mean/std)
     default_image_norm: ClassVar[str] = "dataset"
 
-    def __init__(self, cfg: Any, backbone: Any, info: Any):
+    def __init__(self, cfg: Any, backbone: Any, info: Any, parts: Parts, make_backbone: BackboneFactory | None = None):
         super().__init__(cfg, backbone, info)
-        from ssl_bench.registry import get_registry
-
         m = cfg.method
         self.run_dir: Path | None = None  # set by the runner; artefacts (PCA bases, figures) go there
-        self.image_size = int(m.get("image_size") or info.image_size)
-        self.grid = backbone.image_size // backbone.patch_size  # token grid the user asked for
-        if self.image_size % self.grid:
-            raise ConfigError(
-                f"method.image_size {self.image_size} is not divisible by the {self.grid}x{self.grid} token grid of "
-                f"{backbone.name}; pick a multiple of {self.grid}"
-            )
-        self.patch_size = self.image_size // self.grid  # the network's pixel patch (16 at 224/256 px)
-        self.channels = info.channels
+        geometry = PixelGeometry.of(cfg, info, backbone.image_size // backbone.patch_size, backbone.name)
+        self.image_size = geometry.image_size
+        self.grid = geometry.grid  # token grid the user asked for
+        self.patch_size = geometry.patch_size  # the network's pixel patch (16 at 224/256 px)
+        self.channels = geometry.channels
         self.image_norm = m.get("image_norm") or self.default_image_norm
         if self.image_norm not in IMAGE_NORMS:
             raise ConfigError(f"method.image_norm must be one of {IMAGE_NORMS}, got {self.image_norm!r}")
@@ -114,32 +136,13 @@ class ReconstructionMethod(Method):
         self.flip_p = float(aug.get("flip_p") or 0.0)
         self.crop_interpolation = aug.get("interpolation") or "bicubic"  # MAE's; DiT's centre crop also resizes bicubic
 
-        # -- the parts, by name from the registry ---------------------------------------------------
-        registry = get_registry()
-        self.specs = {key: part_spec(m.get(key), key) for key in PART_KINDS}
-        for key in ("tokenizer", "corruption", "target"):
-            if self.specs[key] is None:
-                raise ConfigError(f"method.{key} is not set; name one with --set method.{key}.name=NAME (see `ssl-bench list`)")
-        defaults = self.default_specs()
-        geometry = {"image_size": self.image_size, "patch_size": self.patch_size, "channels": self.channels}
-        spec = self.specs["noise_schedule"]
-        self.noise_schedule = (
-            None if spec is None else build_part("noise-schedule", "noise_schedule", spec, registry, {}, defaults.get("noise_schedule"))
-        )
-        self.tokenizer = build_part("tokenizer", "tokenizer", self.specs["tokenizer"], registry, geometry, defaults.get("tokenizer"))
-        corruption_cls = registry.get("corruption", self.specs["corruption"]["name"])
-        if getattr(corruption_cls, "needs_schedule", False) and self.noise_schedule is None:
-            raise ConfigError(
-                f"corruption '{self.specs['corruption']['name']}' adds noise but method.noise_schedule is not set; "
-                "set one, e.g. --set method.noise_schedule.name=sigma-linear"
-            )
-        self.corruption = build_part(
-            "corruption", "corruption", self.specs["corruption"], registry, {"schedule": self.noise_schedule}, defaults.get("corruption")
-        )
-        self.target = build_part(
-            "target", "target", self.specs["target"], registry,
-            {"schedule": self.noise_schedule, "tokenizer": self.tokenizer, **geometry}, defaults.get("target"),
-        )
+        # -- the parts, as the builder made them (assigned in build order: the state dict's order) ----
+        self.specs = dict(parts.specs)
+        self.noise_schedule = parts.noise_schedule
+        self.tokenizer = parts.tokenizer
+        self.corruption = parts.corruption
+        self.target = parts.target
+        self.make_backbone = make_backbone
         self.latent_patch = int(getattr(self.tokenizer, "latent_patch", 1))
         self.latent_channels = int(getattr(self.tokenizer, "latent_channels", self.tokenizer.latent_dim))
         self.output_dim = self._check_composition()
@@ -148,32 +151,6 @@ class ReconstructionMethod(Method):
     # ------------------------------------------------------------------------------------------
     # composition
     # ------------------------------------------------------------------------------------------
-
-    @classmethod
-    def default_specs(cls) -> dict[str, dict[str, Any] | None]:
-        """The parts as the method's own default config names them (to tell an option the user set
-        from one inherited from a default component the user replaced)."""
-        path = getattr(cls, "default_config", None)
-        if not path or not Path(path).is_file():
-            return {}
-        method = Config.fromfile(str(path)).to_dict().get("method") or {}
-        out = {}
-        for key in PART_KINDS:
-            try:
-                out[key] = part_spec(method.get(key), key)
-            except ConfigError:
-                out[key] = None
-        return out
-
-    @classmethod
-    def tokenizer_for(cls, cfg: Any, info: Any, registry: Any) -> Any:
-        """The tokenizer this method builds for ``cfg`` on a dataset, without the network (cheap:
-        e.g. to read the latent size d a config resolves to). Unfitted."""
-        patch = int(cfg.backbone.get("patch_size") or info.default_patch_size)
-        image_size = int(cfg.method.get("image_size") or info.image_size)
-        geometry = {"image_size": image_size, "patch_size": image_size // (info.image_size // patch), "channels": info.channels}
-        spec = part_spec(cfg.method.get("tokenizer"), "tokenizer")
-        return build_part("tokenizer", "tokenizer", spec, registry, geometry, cls.default_specs().get("tokenizer"))
 
     def tokens_per_image(self) -> int:
         """Tokens the tokenizer makes of one method-size image."""

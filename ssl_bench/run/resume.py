@@ -17,6 +17,7 @@ from mmengine.config import Config
 
 from ssl_bench.config import flat_keys
 from ssl_bench.errors import CheckpointError, ConfigError
+from ssl_bench.run.assemble import resolve_part_specs
 from ssl_bench.run.ledger import run_dir_base
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME
 
@@ -70,26 +71,30 @@ def resume_dir(resume: str | Path | bool, cfg: Any, method: str) -> Path:
     return run_dir
 
 
-def stored_config(run_dir: Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The resolved config a run was trained with: its checkpoint carries it, config.json as a fallback."""
+def stored_config(run_dir: Path, state: dict[str, Any] | None = None, registry: Any = None) -> dict[str, Any]:
+    """The resolved config a run was trained with: its checkpoint carries it, config.json as a fallback
+    (part specs resolved with ``registry``, as :func:`read_run_config`)."""
     text = (state or {}).get("config_json")
     if not text and (run_dir / "config.json").is_file():
         text = (run_dir / "config.json").read_text()
     if not text:
         raise CheckpointError(f"the checkpoint in {run_dir} carries no config, so a resume cannot be checked; start a new run")
-    return json.loads(text)
+    stored = json.loads(text)
+    return stored if registry is None else resolve_part_specs(Config(stored), registry).to_dict()
 
 
-def read_run_config(run_dir: Path) -> Config:
+def read_run_config(run_dir: Path, registry: Any = None) -> Config:
     """``RUN_DIR/config.json`` as a Config. Data, never code: ``config.py`` is never executed, since a
-    run directory may come from someone else."""
+    run directory may come from someone else. With ``registry`` its part specs are resolved as a new
+    config's are (a run recorded by an older ssl-bench may still carry a replaced part's options)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no config.json: it is not an ssl-bench run directory (expected config.json and {CHECKPOINT_NAME})")
     try:
-        return Config(json.loads(path.read_text()))
+        cfg = Config(json.loads(path.read_text()))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} cannot be read ({exc}); it is damaged: re-create it from the checkpoint or retrain") from None
+    return cfg if registry is None else resolve_part_specs(cfg, registry)
 
 
 def resume_command(method: str, run_dir: Path, results: str | Path | None = None) -> str:
@@ -134,5 +139,6 @@ def resume_config(
     except ConfigError as exc:
         raise ConfigError(f"--resume {run_dir}: {exc}; a resume needs the run's own config") from None
     cfg = load_config(user_config=user_config, cli=cli, set_items=set_items, base=stored)
+    resolve_part_specs(cfg, registry)
     validate_config(cfg)
     return cfg

@@ -105,7 +105,7 @@ def run_method(
     if resume:
         run_dir = resume_dir(resume, cfg, method)
         state = load_checkpoint(run_dir / CHECKPOINT_NAME)  # a corrupt checkpoint fails here, untouched
-        refuse_changed_settings(run_dir, stored_config(run_dir, state), cfg)
+        refuse_changed_settings(run_dir, stored_config(run_dir, state, registry), cfg)
     model = build_model(cfg, registry, dataset.info, state, run_dir)  # a failed build leaves nothing behind
     run_id, finished_before = None, False
     if ctx.is_main:
@@ -185,7 +185,7 @@ def load_trained_method(run_dir: str | Path, registry: Any = None) -> tuple[Any,
 
     registry = registry or get_registry()
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir, registry)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
     dataset = load_dataset(cfg, registry)
     model = build_model(cfg, registry, dataset.info, state, run_dir)
@@ -209,7 +209,7 @@ def evaluate_run(
     registry = registry or get_registry()
     ctx = ctx or DistContext(0, 1, 0, device)
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir, registry)
     method = cfg.method.name
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
     stopped = stopped_before_the_end(state, cfg)

@@ -39,7 +39,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from ssl_bench.config import _check_keys_exist, config_to_json
+from ssl_bench.config import check_keys_exist, config_to_json
+from ssl_bench.config_schema import validate_config
 from ssl_bench.errors import ConfigError
 from ssl_bench.results.queries import finished_runs, knn_top1_k20, metrics_by_run
 
@@ -313,13 +314,19 @@ def geometry_of(cfg: Any, info: Any) -> Geometry:
 
 def base_config(
     step: Step, registry: Any, chain_dir: Path, cli: Mapping[str, Any] | None = None, set_items: Sequence[str] = (),
+    default: Mapping[str, Any] | None = None,
 ) -> Any:
-    """A row's config without its sweep keys: what every row shares (dataset, backbone, device)."""
-    from ssl_bench.run import method_config
+    """A row's config without its sweep keys: what every row shares (dataset, backbone, device).
+    Its part specs are as the layers gave them (``step_config`` resolves them once the row's own
+    keys are in). ``default``: the ddm method's default config, already read."""
+    from ssl_bench.run.assemble import method_config
 
     if step.config is None:
         raise ConfigError(f"row {step.name} is not realisable here: {step.not_run}")
-    return method_config(CHAIN_METHOD, registry, user_config=chain_dir / step.config, cli=dict(cli or {}), set_items=set_items)
+    return method_config(
+        CHAIN_METHOD, registry, default=default, resolve=False,
+        user_config=chain_dir / step.config, cli=dict(cli or {}), set_items=set_items,
+    )
 
 
 def step_config(
@@ -332,12 +339,17 @@ def step_config(
     ``method.tokenizer.latent_ratio`` would otherwise turn the d sweep into five copies of one run).
     ``info`` (the dataset's DatasetInfo) is needed by rows whose sweep scales with the image (Fig. 5).
     """
-    cfg = base_config(step, registry, chain_dir, cli, set_items)
+    from ssl_bench.run.assemble import method_default, resolve_part_specs
+
+    default = method_default(CHAIN_METHOD, registry)
+    cfg = base_config(step, registry, chain_dir, cli, set_items, default=default)
     extra = step.resolved_overrides(None if info is None else geometry_of(cfg, info))
     if extra:
-        _check_keys_exist(cfg, extra, f"row {step.name}")
+        check_keys_exist(cfg, extra, f"row {step.name}")
         cfg.merge_from_dict(extra)
     _drop_options_the_row_does_not_take(cfg, registry, set_items, step)
+    resolve_part_specs(cfg, registry, default)  # as `ssl-bench run ddm` resolves its config
+    validate_config(cfg)
     return cfg
 
 
@@ -345,7 +357,8 @@ def _drop_options_the_row_does_not_take(cfg: Any, registry: Any, set_items: Sequ
     """A chain-wide ``--set method.tokenizer.steps=20`` is meant for the rows whose tokenizer has
     that option (the patch AE / VAE / conv VAE); the other rows drop it (logged) instead of failing."""
     from ssl_bench.config import parse_set_items
-    from ssl_bench.methods.parts import PART_KINDS, keyword_options, part_spec
+    from ssl_bench.hookspecs import PART_KINDS
+    from ssl_bench.methods.parts import keyword_options, part_spec
 
     for key in parse_set_items(set_items):
         parts = key.split(".")
@@ -363,11 +376,13 @@ def _drop_options_the_row_does_not_take(cfg: Any, registry: Any, set_items: Sequ
 def _resolved_tokenizer(cfg: Any, info: Any, registry: Any) -> dict[str, Any] | None:
     """Tokenizer sizes as the method will resolve them (d from latent_ratio, conv-VAE channels).
 
-    Builds only the tokenizer (through the method class's own rule, ``tokenizer_for``), not the
-    DiT: cheap even for ViT-L rows. None when that is not possible.
+    Builds only the tokenizer (the run's builder, ``build_tokenizer``), not the DiT: cheap even for
+    ViT-L rows. None when that is not possible.
     """
+    from ssl_bench.run.assemble import build_tokenizer
+
     try:
-        tok = registry.get("method", cfg.method.name).tokenizer_for(cfg, info, registry)
+        tok = build_tokenizer(cfg, registry, info)
     except Exception:  # a config the run itself will reject with a clear error
         return None
     return {"latent_dim": int(tok.latent_dim), "latent_channels": getattr(tok, "latent_channels", None), "patch": getattr(tok, "patch_size", None)}
