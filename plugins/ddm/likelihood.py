@@ -127,7 +127,8 @@ def evaluate_nll(
     n = total.numel()
     metrics = {
         "nll_bpd": float(total.mean()),
-        "nll_bpd_stderr": float(total.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan"),
+        # one image has no standard error: None ("not computed"), never a NaN the store would refuse
+        "nll_bpd_stderr": float(total.std(unbiased=True) / math.sqrt(n)) if n > 1 else None,
         "nll_bpd_interp_err": 0.0 if timesteps is None else float((total.mean() - alt.mean()).abs() / 2),
         "nll_prior_bpd": float(torch.cat(priors).double().mean()),
         "nll_decoder_bpd": float(torch.cat(decoders).double().mean()),

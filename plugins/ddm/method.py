@@ -319,7 +319,9 @@ class DDM(DenoisingMethod):
             return out
         if self.nll_cfg.get("enabled", True):
             res = self.evaluate_nll(dataset.test, device)
-            log.info("ddm: test NLL %.4f +- %.4f bits/dim (%s space, %s)", res.metrics["nll_bpd"], res.metrics["nll_bpd_stderr"], res.protocol["space"], res.protocol["timesteps"])
+            err = res.metrics["nll_bpd_stderr"]
+            log.info("ddm: test NLL %.4f%s bits/dim (%s space, %s)", res.metrics["nll_bpd"], "" if err is None else f" +- {err:.4f}",
+                     res.protocol["space"], res.protocol["timesteps"])
             out.append(("nll", res))
         run_dir = None if self.run_dir is None else Path(self.run_dir)
         if self.samples_cfg.get("enabled", True) and run_dir is not None:

@@ -9,6 +9,7 @@ absolute ``--out`` / ``--results`` paths, so it works pasted into any directory.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,18 @@ def read_run_config(run_dir: Path, registry: Any = None) -> Config:
     return cfg if registry is None else resolve_part_specs(cfg, registry)
 
 
-def resume_command(method: str, run_dir: Path, results: str | Path | None = None) -> str:
+def resume_command(method: str, run_dir: Path, results: str | Path | None = None, ctx: Any = None) -> str:
     """``ssl-bench run METHOD --resume RUN_DIR --results FILE``, shell-quoted, with absolute paths.
 
     ``--out`` is not needed once RUN_DIR is named; the results file is, or a command pasted into
-    another directory would open (and create) a store there."""
-    words = ["ssl-bench", "run", method, "--resume", str(Path(run_dir).resolve())]
+    another directory would open (and create) a store there. Under torchrun (``ctx`` with several
+    processes) it is the torchrun command with the same process counts: a mid-epoch checkpoint holds
+    one state per process."""
+    words = ["ssl-bench", "run"]
+    if ctx is not None and getattr(ctx, "world_size", 1) > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+        words = ["torchrun", "--nnodes", str(ctx.world_size // per_node), "--nproc_per_node", str(per_node), "-m", "ssl_bench.cli", "run"]
+    words += [method, "--resume", str(Path(run_dir).resolve())]
     if results is not None:
         words += ["--results", str(Path(results).resolve())]
     return shlex.join(words)

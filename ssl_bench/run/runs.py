@@ -130,7 +130,7 @@ def run_method(
             store.update_run(run_id, status="running")  # re-claims it for this process
     barrier(ctx)
     metrics: dict[str, float] = {}
-    command = resume_command(method, run_dir, results)
+    command = resume_command(method, run_dir, results, ctx)
     try:
         with recording(store, run_id, finished_before=finished_before), _interrupt_names(command):
             model.to(ctx.device)
