@@ -77,6 +77,8 @@ class DisabledComponentError(UnknownComponentError, PluginClashError):
         self.kind, self.name, self.available, self.suggestion, self.reason = kind, name, [], None, reason
 
 
-class RunInterrupted(SSLBenchError):
-    """Ctrl-C / SIGTERM outside the training loop (data loading, evaluation): the run is marked
-    ``interrupted`` and its last checkpoint is kept; the message carries the command that continues it."""
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C outside the training loop's step boundaries (data loading, evaluation, a second Ctrl-C):
+    the run is marked ``interrupted`` and its last checkpoint is kept; the message carries the command
+    that continues it. Still a KeyboardInterrupt, so nothing that lets errors pass (``except
+    Exception``) swallows it."""

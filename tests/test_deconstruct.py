@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from ssl_bench.data.base import DatasetInfo
@@ -245,3 +246,30 @@ def test_every_table3_row_predicts_the_mean_patch_at_initialisation(registry):
         mean = model.tokenizer.mean.expand_as(pred)
         assert float(mean.abs().max()) > 0.1  # digits' mean patch in [-1, 1] pixels is far from 0
         torch.testing.assert_close(pred, mean, rtol=0, atol=1e-6, msg=f"{row} does not start at the mean patch")
+
+
+def test_ctrl_c_stops_the_chain_not_just_a_row(registry, monkeypatch, tmp_path):
+    """A row stopped by Ctrl-C / SIGTERM (TrainingInterrupted, or a KeyboardInterrupt outside the
+    training loop) stops the chain; only a row's own error is reported as a failed row."""
+    import ssl_bench.run as run
+    from ssl_bench.distributed import DistContext
+    from ssl_bench.errors import RunInterrupted, TrainingInterrupted
+
+    steps = dc.select_steps(["t3_r6_ldae", "t3_r5_image_output"])
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    for stop in (TrainingInterrupted("stopped", "ckpt", 1, 0, 4, "SIGINT"), RunInterrupted("stopped")):
+        def stopped(*args, stop=stop, **kwargs):
+            raise stop
+
+        monkeypatch.setattr(run, "run_method", stopped)
+        with pytest.raises(type(stop)):
+            dc.run_chain(steps, registry=registry, chain_dir=dc.chain_dir_or_error(None), store=None, ctx=ctx,
+                         out=tmp_path, set_items=["dataset.limit_train=64", "dataset.limit_test=32"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in one row")
+
+    monkeypatch.setattr(run, "run_method", broken)
+    outcomes = dc.run_chain(steps, registry=registry, chain_dir=dc.chain_dir_or_error(None), store=None, ctx=ctx,
+                            out=tmp_path, set_items=["dataset.limit_train=64", "dataset.limit_test=32"])
+    assert {o.status for o in outcomes} == {"failed"}

@@ -41,7 +41,7 @@ import pandas as pd
 
 from ssl_bench.config import check_keys_exist, config_to_json
 from ssl_bench.config_schema import validate_config
-from ssl_bench.errors import ConfigError
+from ssl_bench.errors import ConfigError, TrainingInterrupted
 from ssl_bench.results.queries import finished_runs, knn_top1_k20, metrics_by_run
 
 log = logging.getLogger("ssl_bench")
@@ -456,7 +456,7 @@ def run_chain(
             if random_init:  # every rank: each extracts its shard of the untrained network's features
                 run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=CHAIN_METHOD, ctx=ctx,
                              tokenizer_from=trained.run_dir)  # the run's fitted tokenizer, not fitted again
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, TrainingInterrupted):  # the user stops the chain, not a row
             raise
         except Exception as exc:
             msg = f"{type(exc).__name__}: {exc}"
