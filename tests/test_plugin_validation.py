@@ -238,13 +238,16 @@ def test_plugin_command_takes_over_once_the_builtin_is_removed(monkeypatch, caps
         sub.add_parser("fake-chain", help="built-in version").set_defaults(func=lambda args: 7)
 
     plugin = ("chain-pkg", _module("chain_plugin", ssl_bench_commands={"fake-chain": Hello}))
+    names = registry_module.BUILTIN_COMMAND_NAMES  # the names the registry reserves (hookspecs lists them)
     monkeypatch.setattr(cli, "_add_builtin_commands", with_fake_builtin)
+    monkeypatch.setattr(registry_module, "BUILTIN_COMMAND_NAMES", (*names, "fake-chain"))
     reg = _commands_only(plugin)
     assert "fake-chain" not in reg.commands and any("built-in `ssl-bench fake-chain`" in p for p in reg.problems())
     monkeypatch.setattr(registry_module, "_REGISTRY", reg)
     assert main(["fake-chain"]) == 7  # the built-in wins while it exists
 
     monkeypatch.setattr(cli, "_add_builtin_commands", original)  # the built-in is removed ...
+    monkeypatch.setattr(registry_module, "BUILTIN_COMMAND_NAMES", names)
     reg = _commands_only(plugin)
     assert reg.problems() == [] and reg.entry("command", "fake-chain").package == "chain-pkg"
     monkeypatch.setattr(registry_module, "_REGISTRY", reg)

@@ -103,7 +103,8 @@ def claim_run_dir(cfg: Any, name: str) -> Path:
 def find_run(store: Any, run_dir: Path) -> int | None:
     """The store's run for ``run_dir``, however the path was spelt when it was recorded: absolute (as
     runs are recorded now), or relative to the working directory of the command that recorded it
-    (older stores), which need not be this one."""
+    (older stores), and also after the run folders were moved or copied together with their store
+    (the recorded path then ends like this one: at least ``<dataset>/<backbone>/<run>``)."""
     run_dir = Path(run_dir)
     absolute = run_dir.resolve()
     candidates = [str(absolute), str(run_dir)]
@@ -113,13 +114,22 @@ def find_run(store: Any, run_dir: Path) -> int | None:
         run_id = store.find_run(candidate)
         if run_id is not None:
             return run_id
-    runs = store.runs_frame()  # a relative path recorded from another directory: the longest suffix that fits
-    matches = [
-        (len(str(rec["run_dir"])), int(rec["id"])) for rec in runs.to_dict("records")
-        if rec["run_dir"] and not Path(str(rec["run_dir"])).is_absolute()
-        and absolute.parts[-len(Path(str(rec["run_dir"])).parts):] == Path(str(rec["run_dir"])).parts
-    ]
-    return max(matches)[1] if matches else None
+    best: tuple[int, int] | None = None
+    for rec in store.runs_frame().to_dict("records"):
+        if not rec["run_dir"]:
+            continue
+        shared = _shared_tail(Path(str(rec["run_dir"])).parts, absolute.parts)
+        if shared >= 3 and (best is None or (shared, int(rec["id"])) > best):
+            best = (shared, int(rec["id"]))
+    return None if best is None else best[1]
+
+
+def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """How many trailing path components ``a`` and ``b`` share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
 
 
 def stop_status(exc: BaseException) -> str:
