@@ -29,7 +29,7 @@ from ssl_bench.eval.base import EvalInputError
 from ssl_bench.progress import progress
 
 if TYPE_CHECKING:
-    from ssl_bench.train.distributed import DistContext
+    from ssl_bench.distributed import DistContext
 
 FEATURES_NAME = "features.pt"
 CACHE_KEYS = ("train", "train_labels", "test", "test_labels")
