@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+import traceback
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -61,3 +66,80 @@ def make_imagefolder(root, classes: int = 2, per_class: int = 6, width: tuple[in
                 pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8) // (c + 1)
                 Image.fromarray(pixels).save(d / f"{i}.jpg", quality=90)
     return root
+
+
+# ------------------------------------------------------------------ file permissions that bind root too
+
+#: capabilities(7) that let root ignore file permissions: CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+ROOT_FILE_CAPABILITIES = (1, 2, 3)
+_CAPABILITY_VERSION_3 = 0x20080522  # linux/capability.h: two 32-bit words per set
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_root_file_capabilities() -> None:
+    """Remove :data:`ROOT_FILE_CAPABILITIES` from this process's effective *and* permitted sets, for
+    good: ``access(2)`` checks root against the permitted set, so dropping them only from the
+    effective set would leave ``os.access`` answering as root. Raises OSError where it cannot."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    mask = ~sum(1 << cap for cap in ROOT_FILE_CAPABILITIES) & 0xFFFFFFFF
+    data[0].effective &= mask
+    data[0].permitted &= mask
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def run_as_unprivileged(check: Callable[[], None]) -> None:
+    """Run ``check`` where file permissions bind it, also when the tests run as root (CI does).
+
+    Not root: ``check()`` as it is. Root: ``check()`` in a forked child that has given up the
+    capabilities root ignores permissions with (:data:`ROOT_FILE_CAPABILITIES`), so a ``chmod 0o555``
+    folder refuses it with EACCES, exactly as it refuses any user; the rest of the session keeps
+    them. A failure in the child fails the test with the child's traceback. Skips where the
+    capabilities cannot be dropped.
+    """
+    if os.geteuid() != 0:
+        check()
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                _drop_root_file_capabilities()
+            except OSError as exc:
+                status = 3
+                os.write(write_end, f"cannot drop root's file capabilities here: {exc}".encode())
+            else:
+                check()
+        except BaseException:
+            status = 1
+            os.write(write_end, traceback.format_exc().encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read().decode(errors="replace")
+    _, wait_status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status)
+    if code == 3:
+        pytest.skip(report)
+    if code != 0:
+        pytest.fail(f"in the unprivileged child (exit {code}):\n{report}", pytrace=False)
+
+
+@pytest.fixture
+def as_unprivileged() -> Callable[[Callable[[], None]], None]:
+    """:func:`run_as_unprivileged`, for tests that need chmod to bind (as root too)."""
+    return run_as_unprivileged

@@ -13,17 +13,15 @@ import torch
 from torch import Tensor
 
 from ssl_bench.config_schema import validate_config
+from ssl_bench.data.augment import CropFlipAugment, normalize, to_float01
 from ssl_bench.data.datasets import load_digits
 from ssl_bench.distributed import DistContext
 from ssl_bench.errors import ConfigError
 from ssl_bench.eval.augmented_probe import augmented_batch_size, augmented_linear_probe
 from ssl_bench.eval.base import EvalInputError
 from ssl_bench.eval.features import extract_features
-from ssl_bench.eval.linear_probe import (
-    LinearProbeEvaluator,
-    LinearProbeProtocol,
-    probe_record,
-)
+from ssl_bench.eval.linear_probe import LinearProbeEvaluator
+from ssl_bench.eval.probe_head import LinearProbeProtocol, probe_record
 from ssl_bench.registry import get_registry
 from ssl_bench.results.table4 import build_table4
 from ssl_bench.results.store import ResultsStore, RunRecord
@@ -71,6 +69,27 @@ def test_trains_on_augmented_views(digits, model_and_test) -> None:
     # milder crops and no flip (digits are not mirror-symmetric) are easier, so the views do reach the head
     easier = _probe(digits, model_and_test, crop_scale=(0.5, 1.0), flip_p=0.0)
     assert easier.metrics["linear_top1"] > res.metrics["linear_top1"]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_views_are_the_data_packages_crop_flip_whatever_the_number_of_processes(world: int) -> None:
+    """The probe's views come from ``CropFlipAugment`` (ssl_bench/data/augment.py). Rank r holds rows
+    r::W of a global batch and gets exactly the views the one-process call gives those rows; a view
+    the loader already cut ([B, 1, C, S, S]) is only flipped and normalised."""
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+    images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    aug = CropFlipAugment(8, scale=(0.08, 1.0), flip_p=0.5)
+    whole = aug(images, mean, std, torch.Generator().manual_seed(1))  # [12, 3, 8, 8]
+    assert whole.shape == (12, 3, 8, 8)
+    for r in range(world):
+        assert torch.equal(aug(images[r::world], mean, std, torch.Generator().manual_seed(1), r, world), whole[r::world])
+    cut = images[:, None, :, 4:12, 4:12]  # [12, 1, 3, 8, 8]
+    plain = normalize(to_float01(cut[:, 0]), mean, std)
+    views = aug(cut, mean, std, torch.Generator().manual_seed(1))
+    mirrored = torch.tensor([torch.equal(v, x.flip(-1)) and not torch.equal(v, x) for v, x in zip(views, plain)])
+    assert all(torch.equal(v, x) or m for v, x, m in zip(views, plain, mirrored)) and 0 < int(mirrored.sum()) < 12
+    for r in range(world):
+        assert torch.equal(aug(cut[r::world], mean, std, torch.Generator().manual_seed(1), r, world), views[r::world])
 
 
 def test_a_stale_features_cache_is_refused_at_the_first_batch(digits, model_and_test) -> None:

@@ -170,9 +170,27 @@ def test_num_classes_comes_from_the_argument_not_the_test_labels():
 
 
 def test_class_missing_from_train_set_is_fine():
-    train, train_y, test, test_y, _ = _random_problem(n=100, m=30, c=3)
-    res = KNNEvaluator()(train, train_y, test, test_y, num_classes=12)  # classes 3..11 never seen
-    assert 0.0 <= res.metrics["knn_top1"] <= 1.0
+    """Train covers classes 1, 4 and 10 of 12 (not 0..2: a vote over the classes seen, re-indexed,
+    would predict 0..2), as three clusters along orthogonal directions (cosine similarity ~1 within
+    a cluster, ~0 across). Six test points sit on a cluster with its label; three sit on a cluster but
+    carry a class the train set never saw (0, 7, 11), so no vote can get them right. The exact
+    accuracy is 6/9 at every k, k=200 (all 60 train points) included."""
+    g = torch.Generator().manual_seed(0)
+    d = 8
+    seen = torch.tensor([1, 4, 10])
+    centers = 10 * torch.eye(d)[:3]  # [3, D], cluster j holds class seen[j]
+    cluster = torch.arange(3).repeat_interleave(20)  # [60]
+    train, train_y = centers[cluster] + 0.1 * torch.randn(60, d, generator=g), seen[cluster]  # [60, D], [60]
+    on = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])  # the cluster each test point sits on
+    test = centers[on] + 0.1 * torch.randn(9, d, generator=g)  # [9, D]
+    test_y = torch.tensor([1, 4, 10, 1, 4, 10, 0, 7, 11])
+    res = KNNEvaluator()(train, train_y, test, test_y, num_classes=12)
+    assert res.metrics == {
+        "knn_top1_k10": 6 / 9, "knn_top1_k20": 6 / 9, "knn_top1_k100": 6 / 9, "knn_top1_k200": 6 / 9, "knn_top1": 6 / 9,
+    }
+    assert res.protocol["k_effective"] == {"10": 10, "20": 20, "100": 60, "200": 60}
+    for k, preds in knn_predict(train, train_y, test, 12, ks=(10, 200)).items():
+        assert preds.tolist() == [1, 4, 10] * 3, k
 
 
 def test_result_is_json_serialisable_and_complete():

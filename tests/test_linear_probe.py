@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from ssl_bench.eval.base import Evaluator
-from ssl_bench.eval.linear_probe import (
-    LinearProbeEvaluator,
+from ssl_bench.eval.linear_probe import LinearProbeEvaluator
+from ssl_bench.eval.probe_head import (
     LinearProbeProtocol,
     build_linear_head,
     build_lr_scheduler,

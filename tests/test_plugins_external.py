@@ -18,22 +18,30 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def installed_example():
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(EXAMPLE)]
+def installed_example(tmp_path_factory) -> Path:
+    """The example plugin pip-installed into a temporary folder, never into the running venv, so an
+    interrupted test run leaves nothing behind there. It is built from a copy of its source (the build
+    writes build/ and *.egg-info beside the source). The CLI subprocesses find it, its entry points
+    included, through PYTHONPATH (see _cli)."""
+    tmp = tmp_path_factory.mktemp("example")
+    src = tmp / "src"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = tmp / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)]
     subprocess.run(pip, check=True, capture_output=True)
-    yield
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "ssl-bench-example"], check=True, capture_output=True)
-    for leftover in (EXAMPLE / "build", EXAMPLE / "ssl_bench_example.egg-info"):  # written by the in-tree build
-        shutil.rmtree(leftover, ignore_errors=True)
+    assert (target / "ssl_bench_example" / "__init__.py").is_file()
+    return target
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _cli(*args: str, cwd: Path, site: Path) -> subprocess.CompletedProcess:
+    """``ssl-bench ARGS`` with the packages installed in ``site`` importable."""
+    pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     return subprocess.run([str(BIN / "ssl-bench"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_example_plugin_trains_and_appears_on_leaderboard(installed_example, tmp_path):
-    listing = _cli("list", cwd=tmp_path)
+    listing = _cli("list", cwd=tmp_path, site=installed_example)
     assert listing.returncode == 0, listing.stderr
     for name in ("rotnet", "simsiam"):
         row = [line for line in listing.stdout.splitlines() if f" {name} " in f" {line} "]
@@ -42,7 +50,7 @@ def test_example_plugin_trains_and_appears_on_leaderboard(installed_example, tmp
         "run", "rotnet", "simsiam", "--backbone", "vit-nano", "--epochs", "1", "--out", "runs",
         "--set", "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
         "dataset.limit_train=256", "dataset.limit_test=128", "train.batch_size=64",
-        "eval.linear.epochs=3", "eval.linear.warmup_epochs=1", cwd=tmp_path,
+        "eval.linear.epochs=3", "eval.linear.warmup_epochs=1", cwd=tmp_path, site=installed_example,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| rotnet" in run.stdout and "| simsiam" in run.stdout and "| pixels" in run.stdout
@@ -56,7 +64,7 @@ def test_builtin_methods_use_the_plugins_corruption_and_target(installed_example
         "--set", "method.corruption.name=block-masking", "method.target.name=sobel-edges",
         "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2",
         "dataset.limit_train=256", "dataset.limit_test=128", "train.batch_size=64",
-        "eval.linear.epochs=3", "eval.linear.warmup_epochs=1", cwd=tmp_path,
+        "eval.linear.epochs=3", "eval.linear.warmup_epochs=1", cwd=tmp_path, site=installed_example,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| mae" in run.stdout and "| ldae" in run.stdout

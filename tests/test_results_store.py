@@ -721,15 +721,17 @@ def test_immutable_fallback_refuses_unread_wal(tmp_path: Path, monkeypatch: pyte
     writer.close()
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="chmod does not bind root")
-def test_read_only_directory(tmp_path: Path) -> None:
+def test_read_only_directory(tmp_path: Path, as_unprivileged) -> None:
+    """A chmod'ed read-only folder: the store reads, and refuses to write in one line. As root (CI)
+    the checks run without root's permission override (tests/conftest.py: run_as_unprivileged)."""
     d = tmp_path / "ro"
     d.mkdir()
     path = d / "results.db"
     _two_runs(path)  # closed: WAL checkpointed and removed
     d.chmod(0o555)
     path.chmod(0o444)
-    try:
+
+    def check() -> None:
         with ResultsStore(path, readonly=True) as s:
             assert s.access_mode in ("ro", "immutable")
             assert s.runs_frame()["method"].tolist() == ["mae", "mocov3"]
@@ -737,9 +739,13 @@ def test_read_only_directory(tmp_path: Path) -> None:
             ResultsStore(path)
         with pytest.raises(ResultsStoreError, match="read-only"):
             ResultsStore(d / "new.db")
+
+    try:
+        as_unprivileged(check)
     finally:
         d.chmod(0o755)
         path.chmod(0o644)
+    assert sorted(p.name for p in d.iterdir()) == ["results.db"]  # nothing created beside it
 
 
 # -- damaged rows and files ----------------------------------------------------------

@@ -83,15 +83,20 @@ def test_a_really_full_device_is_reported_as_disk_full(tmp_path, monkeypatch) ->
         save_checkpoint(tmp_path / CHECKPOINT_NAME, {"model": {"w": torch.zeros(100_000)}, "epoch": 1})
 
 
-def test_real_read_only_directory(tmp_path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions")
+def test_real_read_only_directory(tmp_path, as_unprivileged) -> None:
+    """A chmod'ed read-only run folder. As root (CI) the save runs without root's permission
+    override (tests/conftest.py: run_as_unprivileged)."""
     tmp_path.chmod(0o500)
-    try:
+
+    def check() -> None:
         with pytest.raises(CheckpointWriteError, match="permission denied"):
             save_checkpoint(tmp_path / CHECKPOINT_NAME, {"model": {}, "epoch": 1})
+
+    try:
+        as_unprivileged(check)
     finally:
         tmp_path.chmod(0o700)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_disk_full_during_training_keeps_the_last_epoch_checkpoint(tmp_path, monkeypatch) -> None:

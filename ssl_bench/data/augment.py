@@ -162,11 +162,20 @@ def random_resized_crop(
     return crop_resize(x, top, left, h, w, size)
 
 
+def sample_flips(batch: int, p: float, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Per-sample decisions ``[B]`` (True: mirror), each with probability ``p``."""
+    return _rand((batch,), generator, device) < p
+
+
+def horizontal_flip(x: Tensor, flip: Tensor) -> Tensor:
+    """Mirror left-right the samples of ``x`` [B, C, H, W] where ``flip`` [B] is True."""
+    return torch.where(_per_sample(flip), x.flip(-1), x)
+
+
 def random_horizontal_flip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
     """Mirror each sample left-right with probability ``p``."""
     _check_batch(x)
-    flip = _rand((x.shape[0],), generator, x.device) < p
-    return torch.where(_per_sample(flip), x.flip(-1), x)
+    return horizontal_flip(x, sample_flips(x.shape[0], p, generator, x.device))
 
 
 # ------------------------------------------------------------------------- colour
@@ -323,7 +332,17 @@ def solarize(
 
 @dataclass
 class CropFlipAugment:
-    """Random resized crop + horizontal flip + normalisation (MAE / linear-probe style)."""
+    """Random resized crop + horizontal flip + normalisation (MAE / linear-probe style).
+
+    Input: uint8 (or float [0, 1]) ``[B, C, H, W]``, cropped here; or uint8 ``[B, 1, C, size, size]``,
+    a view a data loader already cut (e.g. from the full image in its workers): then only the flip
+    and the normalisation are applied, and the crop's random numbers are not drawn.
+
+    Sharded (``world_size > 1``): ``x`` holds rows ``rank, rank + W, ...`` of a global batch of
+    ``B * W`` images (the sharding of ``ImageSplit.batches``). The parameters are drawn for the whole
+    global batch, from a generator that is identical on every rank, and each rank applies its rows:
+    the views do not depend on the number of processes.
+    """
 
     size: int
     scale: tuple[float, float] = (0.2, 1.0)
@@ -331,10 +350,21 @@ class CropFlipAugment:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     def __call__(
-        self, x: Tensor, mean: Sequence[float], std: Sequence[float], generator: torch.Generator | None
+        self, x: Tensor, mean: Sequence[float], std: Sequence[float], generator: torch.Generator | None,
+        rank: int = 0, world_size: int = 1,
     ) -> Tensor:
-        out = random_resized_crop(to_float01(x), self.size, self.scale, self.ratio, generator)
-        out = random_horizontal_flip(out, self.flip_p, generator)
+        rows = slice(rank, None, world_size)
+        global_batch = x.shape[0] * world_size
+        if x.dim() == 5:  # [B, 1, C, size, size]: cut by the loader
+            if x.shape[1] != 1:
+                raise ValueError(f"expected one pre-cropped view [B, 1, C, S, S], got {tuple(x.shape)}")
+            out = to_float01(x[:, 0])  # [B, C, size, size]
+        else:
+            _check_batch(x)
+            height, width = x.shape[-2:]
+            top, left, h, w = sample_crop_boxes(global_batch, height, width, self.scale, self.ratio, generator, x.device)
+            out = crop_resize(to_float01(x), top[rows], left[rows], h[rows], w[rows], self.size)  # [B, C, size, size]
+        out = horizontal_flip(out, sample_flips(global_batch, self.flip_p, generator, out.device)[rows])
         return normalize(out, mean, std)  # [B, C, size, size]
 
 

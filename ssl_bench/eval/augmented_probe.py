@@ -5,8 +5,8 @@ official code facebookresearch/mae ``main_linprobe.py``): the frozen encoder's f
 ``RandomResizedCrop(224, interpolation=3)`` (bicubic, torchvision's default scale (0.08, 1) and
 ratio (3/4, 4/3)) + ``RandomHorizontalFlip`` view of every training image, every epoch, into
 ``BatchNorm1d(affine=False, eps=1e-6) -> Linear``, LARS, lr = blr x batch / 256, per-iteration
-warm-up then cosine, the last batch dropped; tested on the centre crop. The head, optimiser and
-schedule are the cached probe's (``linear_probe.py``); only the data differ. The test features are
+warm-up then cosine, the last batch dropped; tested on the centre crop. The head, optimiser,
+schedule, training step and record are the cached probe's (``probe_head.py``); only the data differ. The test features are
 the run's cached eval-transform features (the centre crop), so both protocols score the same test
 vectors.
 
@@ -14,7 +14,8 @@ Crops. A folder split (ImageNet) cuts the crop from the *full* image in its load
 with torchvision's box sampling (``ssl_bench/data/crops.py``); the crop size is the dataset's
 ``image_size`` (224), the size the test features are taken at. An in-memory split (digits, CIFAR)
 crops on the device with the harness's batched ``random_resized_crop`` boxes and a bilinear
-resample (``ssl_bench/data/augment.py``), as pre-training does on those splits. Known difference:
+resample, as pre-training does on those splits; both are ``CropFlipAugment`` of
+``ssl_bench/data/augment.py``, which also flips and normalises. Known difference:
 MAE's ``util/crop.py`` draws one box and clamps it to the image where torchvision retries up to ten
 times; the two box distributions differ slightly for boxes that do not fit.
 
@@ -36,21 +37,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_bench.data.augment import crop_resize, normalize, sample_crop_boxes, to_float01
+from ssl_bench.data.augment import CropFlipAugment
 from ssl_bench.data.crops import CropSpec
+from ssl_bench.eval.base import EvalInputError, EvalResult, check_features, check_labels
 from ssl_bench.distributed import broadcast_flag, gather_to_main
-from ssl_bench.eval.base import EvalInputError, EvalResult, check_features, check_labels, top1_accuracy
-from ssl_bench.eval.linear_probe import (
-    LinearProbeEvaluator,
+from ssl_bench.eval.probe_head import (
+    PROBE_NAME,
+    KeepsHead,
     LinearProbeProtocol,
-    _predict,
-    build_linear_head,
-    build_lr_scheduler,
-    build_optimizer,
-    check_final_loss,
+    ProbeHead,
     probe_record,
     resolved_lr,
     schedule_steps,
@@ -60,8 +57,6 @@ from ssl_bench.progress import progress
 if TYPE_CHECKING:
     from ssl_bench.distributed import DistContext
 
-#: torchvision RandomResizedCrop's default aspect-ratio range (MAE's probe leaves it at the default)
-CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 #: the data generator's seed is ``seed + DATA_SEED_OFFSET``: a stream apart from the head's init
 DATA_SEED_OFFSET = 1
 
@@ -79,28 +74,6 @@ def augmented_batch_size(requested: int, n: int, world_size: int = 1) -> int:
     return batch
 
 
-def _augment(
-    images: Tensor, p: LinearProbeProtocol, size: int, info: Any, generator: torch.Generator, global_batch: int,
-    rank: int, world_size: int,
-) -> Tensor:
-    """This rank's rows of one global batch, cropped, flipped and normalised -> [B_local, C, size, size].
-
-    ``images``: uint8 [B_local, C, H, W] (crop here) or [B_local, 1, C, size, size] (cut by a folder
-    loader). Parameters are drawn for all ``global_batch`` samples, identical on every rank, and rank
-    r keeps rows r::W: the crops do not depend on the number of processes.
-    """
-    rows = slice(rank, None, world_size)
-    if images.ndim == 5:  # the loader already cut the crop from the full image
-        x = to_float01(images[:, 0])  # [B, C, size, size]
-    else:
-        height, width = images.shape[-2:]
-        top, left, h, w = sample_crop_boxes(global_batch, height, width, p.crop_scale, CROP_RATIO, generator, images.device)
-        x = crop_resize(to_float01(images), top[rows], left[rows], h[rows], w[rows], size)  # [B, C, size, size]
-    flip = torch.rand(global_batch, generator=generator, device=generator.device)[rows].to(x.device) < p.flip_p  # [B]
-    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    return normalize(x, info.mean, info.std)
-
-
 def augmented_linear_probe(
     feature_fn: Callable[[Tensor], Tensor],
     train_split: Any,
@@ -115,7 +88,7 @@ def augmented_linear_probe(
     ctx: DistContext | None = None,
     train_feats: Tensor | None = None,  # [N, D] cached train features: for linear_train_top1 only
     train_labels: Tensor | None = None,  # [N]
-    evaluator: LinearProbeEvaluator | None = None,
+    evaluator: KeepsHead | None = None,
 ) -> EvalResult | None:
     """Train MAE's probe head on ``feature_fn`` of augmented ``train_split`` images; score it on
     ``test_feats``. Under DDP every rank must call it; rank 0 returns the result, the others None.
@@ -151,15 +124,14 @@ def augmented_linear_probe(
     total_steps, warmup_steps = schedule_steps(p, steps_per_epoch)
     lr = resolved_lr(p, batch)
     size = int(info.image_size)
-    views = [CropSpec(size, p.crop_scale, CROP_RATIO, "bicubic")]  # used by splits that decode files
+    augment = CropFlipAugment(size, scale=p.crop_scale, flip_p=p.flip_p)  # torchvision's ratio (3/4, 4/3), as MAE's probe
+    views = [CropSpec(size, augment.scale, augment.ratio, "bicubic")]  # used by splits that decode files
     head_gen = torch.Generator().manual_seed(seed)  # the cached probe's init stream: same head for the same seed
     data_gen = torch.Generator().manual_seed(seed + DATA_SEED_OFFSET)  # identical on every rank
 
-    head = optimizer = scheduler = None
+    probe: ProbeHead | None = None
     dim = 0
     cut_in_loader = False
-    step = 0
-    loss = torch.zeros((), device=device)
     for epoch in progress(range(p.epochs), desc="linear probe (augmented)", unit="epoch", main=main):
         batches = train_split.batches(
             local, shuffle=True, generator=data_gen, drop_last=True, rank=rank, world_size=world, device=device, views=views,
@@ -170,7 +142,7 @@ def augmented_linear_probe(
                 break
             cut_in_loader = images.ndim == 5
             with torch.no_grad():
-                x = _augment(images, p, size, info, data_gen, batch, rank, world)  # [B_local, C, S, S]
+                x = augment(images, info.mean, info.std, data_gen, rank, world)  # [B_local, C, S, S]
                 f = gather_to_main(feature_fn(x).float(), ctx)  # [B, D] on rank 0, single-process order
             y_all = gather_to_main(y.to(device), ctx)  # [B]
             if epoch == 0 and i == 0:  # check the cached test features now, not after every epoch's encoding
@@ -183,34 +155,17 @@ def augmented_linear_probe(
                     )
             if not main:
                 continue
-            if head is None:  # the feature width is known once the encoder has run
+            if probe is None:  # the feature width is known once the encoder has run
                 dim = f.shape[1]
-                head = build_linear_head(dim, num_classes, p.bn_eps, p.init_std, generator=head_gen).to(device)
-                optimizer = build_optimizer(head, p, lr)
-                scheduler = build_lr_scheduler(optimizer, total_steps, warmup_steps, p.min_lr)
-            head.train()
-            scheduler.step_update(step)
-            loss = F.cross_entropy(head(f.to(device)), y_all.to(device).long())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+                probe = ProbeHead(dim, num_classes, p, lr, total_steps, warmup_steps, head_gen, device)
+            probe.train_step(f.to(device), y_all.to(device).long())
     if not main:
         return None
-    final_loss = float(loss.item())
-    check_final_loss(final_loss, lr, p)
-    metrics = {
-        "linear_top1": top1_accuracy(_predict(head, test_feats.detach().to(device).float(), p.eval_batch_size), test_labels.to(device)),
-        "linear_final_loss": final_loss,
-    }
-    if p.report_train_acc and train_feats is not None and train_labels is not None:
-        metrics["linear_train_top1"] = top1_accuracy(
-            _predict(head, train_feats.detach().to(device).float(), p.eval_batch_size), train_labels.to(device)
-        )
+    metrics = probe.metrics(test_feats, test_labels, train_feats, train_labels)
     if evaluator is not None:
-        evaluator.last_head = head
+        evaluator.last_head = probe.head
     rec = probe_record(
-        p, evaluator=evaluator.name if evaluator is not None else LinearProbeEvaluator.name, seed=seed, n=n, dim=dim,
+        p, evaluator=evaluator.name if evaluator is not None else PROBE_NAME, seed=seed, n=n, dim=dim,
         n_test=int(test_feats.shape[0]), num_classes=num_classes, batch=batch, lr=lr, steps_per_epoch=steps_per_epoch,
         warmup_steps=warmup_steps, total_steps=total_steps, device=device,
     )

@@ -26,6 +26,7 @@ from torch import Tensor
 from ssl_bench.data.augment import eval_transform
 from ssl_bench.distributed import DistContext, broadcast_flag, gather_to_main
 from ssl_bench.eval.base import EvalInputError
+from ssl_bench.files import atomic_torch_save
 from ssl_bench.progress import progress
 
 FEATURES_NAME = "features.pt"
@@ -101,7 +102,8 @@ def cached_features(
 
     The protocol is stored as JSON-normalised data, so any config value compares equal after a
     round trip. A cache that cannot be read (truncated by a kill, damaged) is recomputed with a
-    warning, never trusted and never an error.
+    warning, never trusted and never an error. A cache that cannot be written (a full disk, a
+    read-only folder) raises :class:`ssl_bench.files.DiskWriteError`, one line naming the file.
 
     With a distributed ``ctx`` every rank must call this: rank 0 decides about the cache and
     broadcasts the decision, every rank extracts its shard on a miss, rank 0 returns the features
@@ -118,7 +120,5 @@ def cached_features(
     if train is None or test is None:  # not rank 0
         return None
     out = {"train": train[0], "train_labels": train[1], "test": test[0], "test_labels": test[1], "protocol": protocol}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(out, tmp)
-    tmp.replace(path)
+    atomic_torch_save(path, out)  # a full disk is one DiskWriteError line; an older cache is left whole
     return out
