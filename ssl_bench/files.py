@@ -53,18 +53,44 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+class _WriteErrors:
+    """A binary file that remembers the OSError its ``write`` raised.
+
+    torch's zip writer calls ``write`` on the file it is given, but turns an exception from it into
+    a RuntimeError of its own (``inline_container.cc ... unexpected pos``) without the errno; the
+    remembered error lets :func:`_atomic_write` report the real cause (a full disk) instead."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None], kept: str = "") -> None:
     path = Path(path)
     tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    tracked: _WriteErrors | None = None
     try:
         with open(tmp, "wb") as f:
-            write(f)
+            tracked = _WriteErrors(f)
+            write(tracked)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())  # the rename must not publish a file whose data is still in cache
         os.replace(tmp, path)
     except BaseException as exc:  # OSError, or KeyboardInterrupt from a second Ctrl-C mid-write
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if not isinstance(exc, OSError) and tracked is not None and tracked.error is not None:
+            exc = tracked.error  # a writer (torch's zip writer) hid the OSError behind its own error
         if isinstance(exc, OSError) and not isinstance(exc, SSLBenchError):
             if not kept:
                 with contextlib.suppress(OSError):

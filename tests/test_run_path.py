@@ -357,3 +357,33 @@ def test_a_full_disk_is_one_line_on_every_path(tmp_path, size_kb):
             assert any(w in errors[0].lower() for w in ("no space left on device", "disk is full")), (name, errors[0])
     if size_kb == 6000:
         assert results["run"][0] == 0 and set(results) == {"run", "resume", "eval", "new run"}
+
+
+def test_a_run_that_cannot_be_recorded_leaves_no_directory(tmp_path):
+    """The results file cannot be created (its folder is a file): one line, and the run directory
+    claimed a moment before is gone again."""
+    (tmp_path / "afile").write_text("")
+    line = one_line_error(cli("run", "mae", "--backbone", "vit-nano", "--epochs", "1", "--no-baselines",
+                              "--results", "afile/results.db", "--set", *TINY, cwd=tmp_path))
+    assert "afile" in line
+    assert not list((tmp_path / "runs").rglob("mae-s0*"))
+
+
+@pytest.mark.parametrize("method", ["mae", "ldae", "ddm", "mocov3"])
+def test_a_built_method_deep_copies(tiny_cfg, method):
+    """A model holds what it computes with, not the registry or a factory over it: it deep-copies
+    (a DDP replica, an EMA copy) and the copy computes the same."""
+    import copy
+
+    from ssl_bench.data import load_dataset as load
+    from ssl_bench.registry import get_registry
+    from ssl_bench.run import build_method
+
+    cfg = tiny_cfg(method, "method.input_space='latent'") if method == "mae" else tiny_cfg(method)
+    dataset = load("digits", limit_train=64, limit_test=32)
+    model = build_method(cfg, get_registry(), dataset.info)
+    model.prepare(dataset.train, torch.Generator().manual_seed(0))  # e.g. fit the PCA tokenizer
+    model.eval()
+    twin = copy.deepcopy(model)
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(model.probe_features(x), twin.probe_features(x))

@@ -142,11 +142,12 @@ class ReconstructionMethod(Method):
         self.tokenizer = parts.tokenizer
         self.corruption = parts.corruption
         self.target = parts.target
-        self.make_backbone = make_backbone
+        self.make_backbone = make_backbone  # for build_network only: a built model holds no registry
         self.latent_patch = int(getattr(self.tokenizer, "latent_patch", 1))
         self.latent_channels = int(getattr(self.tokenizer, "latent_channels", self.tokenizer.latent_dim))
         self.output_dim = self._check_composition()
         self.build_network()
+        self.make_backbone = None  # so the model deep-copies and pickles (DDP replicas, EMA copies)
 
     # ------------------------------------------------------------------------------------------
     # composition

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,10 @@ from typing import Any
 
 import torch
 
+from ssl_bench.config import config_to_json
+from ssl_bench.distributed import DistContext, barrier, broadcast_object
 from ssl_bench.errors import CheckpointError, RunInterrupted
 from ssl_bench.files import atomic_write_text, remove_partial_writes
-from ssl_bench.config import config_to_json
 from ssl_bench.run.build import BuiltEvaluator, build_evaluators, build_model, load_dataset, validate_dataset, weights_fingerprint
 from ssl_bench.run.ledger import claim_run_dir, find_run, record_scores, recording, run_record
 from ssl_bench.run.resume import (
@@ -39,7 +41,6 @@ from ssl_bench.run.resume import (
 )
 from ssl_bench.run.score import Subject, flat_metrics, score, summary, write_metrics_json
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ssl_bench.distributed import DistContext, barrier, broadcast_object
 from ssl_bench.train.epoch_log import RunLogHandler
 from ssl_bench.train.loop import train
 
@@ -119,15 +120,21 @@ def run_method(
     model.run_dir = run_dir  # where a method writes its own artefacts (PCA bases, figures)
     handler = None
     if ctx.is_main:
-        if not resume:
-            cfg.dump(str(run_dir / "config.py"))
-            atomic_write_text(run_dir / "config.json", config_to_json(cfg))
-        handler = _attach_logfile(run_dir)
-        if run_id is None:
-            run_id = store.add_run(run_record(cfg, method, run_dir, ctx.device, epochs=cfg.train.epochs,
-                                              uses_labels=bool(getattr(model, "uses_labels", False))))
-        elif not finished_before:
-            store.update_run(run_id, status="running")  # re-claims it for this process
+        try:
+            if not resume:
+                cfg.dump(str(run_dir / "config.py"))
+                atomic_write_text(run_dir / "config.json", config_to_json(cfg))
+            handler = _attach_logfile(run_dir)
+            if run_id is None:
+                run_id = store.add_run(run_record(cfg, method, run_dir, ctx.device, epochs=cfg.train.epochs,
+                                                  uses_labels=bool(getattr(model, "uses_labels", False))))
+            elif not finished_before:
+                store.update_run(run_id, status="running")  # re-claims it for this process
+        except BaseException:  # a run that could not even be recorded leaves no directory behind
+            _detach_logfile(handler)
+            if not resume and run_id is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     barrier(ctx)
     metrics: dict[str, float] = {}
     command = resume_command(method, run_dir, results, ctx)
@@ -152,9 +159,7 @@ def run_method(
                 metrics = flat_metrics(recorded)
                 log.info("%s: %s (run dir %s)", method, summary(metrics), run_dir)
     finally:
-        if handler is not None:
-            logging.getLogger("ssl_bench").removeHandler(handler)
-            handler.close()
+        _detach_logfile(handler)
     barrier(ctx)
     return RunOutcome(method, run_dir, run_id, metrics)
 
@@ -169,10 +174,18 @@ def _interrupt_names(command: str) -> Iterator[None]:
 
 
 def _attach_logfile(run_dir: Path) -> logging.Handler:
+    """``RUN_DIR/train.log`` receives the ``ssl_bench`` log for the duration of the run."""
     handler = RunLogHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logging.getLogger("ssl_bench").addHandler(handler)
     return handler
+
+
+def _detach_logfile(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logging.getLogger("ssl_bench").removeHandler(handler)
+        with contextlib.suppress(OSError):  # a full disk was reported when it happened
+            handler.close()
 
 
 def load_trained_method(run_dir: str | Path, registry: Any = None) -> tuple[Any, Any, Any, dict[str, Any]]:
