@@ -25,6 +25,7 @@ def test_pair_differs_only_in_the_corruption(registry, method, a, b):
     assert differing and all(k.startswith("method.corruption.") for k in differing), differing
 
 
+@pytest.mark.slow
 def test_compare_script_runs(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(BENCH / "compare.py"), "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "runs"),

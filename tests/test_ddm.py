@@ -201,6 +201,7 @@ def _train(m, ds, steps: int, lr: float = 2e-3) -> None:
     m.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tokenizer", ["pixel", "patch-pca"])
 def test_training_lowers_test_nll_bits_per_dim(tiny_cfg, tokenizer):
     """A tiny DDM (DiT width 32, 2+2 blocks) on 512 digits for 300 steps beats its own initialisation.

@@ -147,6 +147,7 @@ def test_every_row_of_the_full_sweep_builds(registry, info: DatasetInfo):
 # -- end to end -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_whole_chain_end_to_end(tmp_path: Path, capsys):
     from ssl_bench.cli import main
 

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -182,6 +183,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_run_with_the_augmented_probe_then_a_rescore_from_the_cache(tmp_path: Path) -> None:
     """The runner under torchrun: both ranks extract and run the augmented probe, rank 0 records; a
     --resume of the finished run re-scores it from rank 0's features cache without a rank hanging."""

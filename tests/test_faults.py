@@ -116,6 +116,7 @@ def test_invalid_settings_are_one_line_and_write_nothing(tmp_path, flags, expect
     assert not (tmp_path / "runs").exists()  # no run dir, no store
 
 
+@pytest.mark.slow
 def test_config_file_syntax_error_is_file_and_line(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("train = dict(epochs=3,\nmethod = dict()\n")
@@ -176,6 +177,7 @@ def test_resume_that_fills_a_part_the_run_left_empty_is_refused_in_one_line(fini
     assert snapshot(root) == before
 
 
+@pytest.mark.slow
 def test_rejected_resume_of_a_finished_run_keeps_it(finished, tmp_path):
     """A checkpoint that does not match (here: the checkpoint of another configuration copied over
     the finished run's) is refused; the finished run stays finished, on the leaderboard, config intact."""
@@ -223,6 +225,7 @@ def _start(args: list[str], cwd: Path, driver: str | None = None) -> subprocess.
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_marks_interrupted_and_resumes(tmp_path):
     args = [*RUN, "--epochs", "40", "--set", *TINY]
     proc = _start(args, tmp_path)
@@ -242,6 +245,7 @@ def test_ctrl_c_checkpoints_marks_interrupted_and_resumes(tmp_path):
     assert [r["status"] for r in runs_table(tmp_path)] == ["finished"]
 
 
+@pytest.mark.slow
 def test_killed_run_shows_as_interrupted_once_a_later_command_sees_it_gone(tmp_path):
     proc = _start([*RUN, "--epochs", "40", "--set", *TINY], tmp_path)
     log = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0" / "train.log"
@@ -269,6 +273,7 @@ _SLOW_CHECKPOINT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     import torch
 
@@ -305,6 +310,7 @@ _SLOW_EVALUATION = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_evaluation_leaves_no_half_result(tmp_path):
     proc = _start([*RUN, "--epochs", "1", "--set", *TINY], tmp_path, driver=_SLOW_EVALUATION)
     _wait_for(lambda: (tmp_path / "runs" / "EVALUATING").is_file(), what="evaluation")
@@ -389,6 +395,7 @@ def _read_only_mount_works(probe: Path) -> bool:
     return proc.returncode == 0 and not (probe / "x").exists()
 
 
+@pytest.mark.slow
 def test_read_only_media_leaderboard_reads_and_every_writer_is_one_line(finished, tmp_path):
     """The out folder on a read-only file system (a bind mount in a private namespace): the
     leaderboard works; run, resume and eval each refuse in one line; nothing changes."""

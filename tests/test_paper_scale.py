@@ -11,6 +11,7 @@ from ssl_bench.run import build_method, method_config
 from ssl_bench.train.loop import build_optimizer, make_generator
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", get_registry().names("method"))
 def test_vit_b_builds_and_steps_on_cpu(method, registry):
     cfg = method_config(method, registry, cli={"backbone.name": "vit-b", "train.batch_size": 4})

@@ -40,6 +40,7 @@ def _cli(*args: str, cwd: Path, site: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "ssl-bench"), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_example_plugin_trains_and_appears_on_leaderboard(installed_example, tmp_path):
     listing = _cli("list", cwd=tmp_path, site=installed_example)
     assert listing.returncode == 0, listing.stderr
@@ -56,6 +57,7 @@ def test_example_plugin_trains_and_appears_on_leaderboard(installed_example, tmp
     assert "| rotnet" in run.stdout and "| simsiam" in run.stdout and "| pixels" in run.stdout
 
 
+@pytest.mark.slow
 def test_builtin_methods_use_the_plugins_corruption_and_target(installed_example, tmp_path):
     """The issue's user story: a pip-installed third-party corruption and target are used by the
     built-in mae and ldae through --set, train, and land on the leaderboard."""

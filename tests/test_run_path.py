@@ -81,6 +81,7 @@ def interrupt_after(proc: subprocess.Popen, log: Path, line: str) -> str:
 # ------------------------------------------------------------------------------ a stopped run
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_run_stopped_before_its_last_epoch(tmp_path):
     """Wrong result 1 of the issue: `eval` on a run killed after epoch 2 of 4 exited 0 and recorded
     it as a finished 4-epoch run with epoch-2 scores."""
@@ -95,6 +96,7 @@ def test_eval_refuses_a_run_stopped_before_its_last_epoch(tmp_path):
     assert board.returncode == 0 and "| mae " not in board.stdout
 
 
+@pytest.mark.slow
 def test_a_resume_writes_the_uninterrupted_runs_metrics_json_byte_for_byte(tmp_path):
     """Interrupted mid-epoch, continued with the printed command from another directory: the same
     metrics.json bytes (key order included) as an uninterrupted run. The printed command is
@@ -124,6 +126,7 @@ def test_a_resume_writes_the_uninterrupted_runs_metrics_json_byte_for_byte(tmp_p
     assert [r["status"] for r in runs_table(tmp_path / out / "results.db")] == ["finished"]
 
 
+@pytest.mark.slow
 def test_a_resume_never_scores_the_features_of_an_earlier_checkpoint(tmp_path):
     """Wrong result 2 of the issue: features cached from the weights of epoch 1 (as a scoring of the
     stopped run left them) were scored again after the resume trained on. The cache is keyed by

@@ -338,6 +338,7 @@ def _ddp_main(out: Path) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_stop_together_and_resume_exactly(tmp_path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

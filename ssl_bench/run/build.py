@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from ssl_bench.errors import CheckpointError, ConfigError
+from ssl_bench.errors import ConfigError
 from ssl_bench.methods.parts import keyword_options
 from ssl_bench.run.assemble import build_method
+from ssl_bench.train.resume import load_weights
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,6 @@ def validate_dataset(dataset: Any, cfg: Any) -> None:
                 f"k-NN with k up to {max(ks)} needs at least {max(ks)} training images, dataset {name!r} has {len(train_y)}; "
                 f"lower eval.knn.ks (e.g. --set \"eval.knn.ks=(10,20)\") or use more data"
             )
-
-
-def load_weights(model: Any, state: dict[str, Any], where: Any) -> None:
-    """The checkpoint's model weights into ``model`` (strict): a mismatch is one line, nothing changed."""
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(
-            f"checkpoint in {where} does not match this model/config ({str(exc).splitlines()[0]}); nothing was changed"
-        ) from None
 
 
 def build_model(cfg: Any, registry: Any, info: Any, state: dict[str, Any] | None = None, where: Any = None) -> Any:

@@ -48,13 +48,19 @@ def load_for_resume(method: Method, run_dir: Path) -> dict[str, Any]:
     directory. A checkpoint of another model fails here, before anything is written."""
     path = Path(run_dir) / CHECKPOINT_NAME
     state = load_checkpoint(path)
+    load_weights(method, state, path)
+    return state
+
+
+def load_weights(method: torch.nn.Module, state: dict[str, Any], where: Any) -> None:
+    """The checkpoint ``state``'s model weights into ``method`` (strict): a checkpoint of another
+    model or config is one line naming ``where`` it came from, and nothing is changed."""
     try:
         method.load_state_dict(state["model"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} does not match this model/config ({str(exc).splitlines()[0]}); nothing was overwritten"
+            f"checkpoint in {where} does not match this model/config ({str(exc).splitlines()[0]}); nothing was changed"
         ) from None
-    return state
 
 
 def restore(
