@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ssl_bench.commands import add_output_options, distributed_session, existing_results, recording_store, results_path
 from ssl_bench.errors import RunInterrupted, SSLBenchError, TrainingInterrupted
-from ssl_bench.hookspecs import BUILTIN_COMMAND_NAMES
 
 if TYPE_CHECKING:
     from ssl_bench.registry import Entry, Registry
@@ -191,10 +190,10 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def builtin_command_names() -> list[str]:
-    """The built-in subcommands, read off the parser itself so the list cannot go stale.
+    """The built-in subcommands, read off the parser itself.
 
-    The registry disables plugin commands with these names; drop a built-in from
-    `_add_builtin_commands` and a plugin command of that name takes over.
+    The registry reserves ``ssl_bench.hookspecs.BUILTIN_COMMAND_NAMES`` (it stands below the CLI and
+    never imports it); a test keeps the two lists equal.
     """
     sub = argparse.ArgumentParser(prog="ssl-bench").add_subparsers()
     _add_builtin_commands(sub)
