@@ -30,8 +30,7 @@ from common import save_result  # noqa: E402
 
 from ssl_bench.distributed import DistContext, resolve_device  # noqa: E402
 from ssl_bench.registry import get_registry  # noqa: E402
-from ssl_bench.results.store import ResultsStore  # noqa: E402
-from ssl_bench.run import load_dataset, method_config, run_baseline, run_method, validate_dataset  # noqa: E402
+from ssl_bench.run import check_run, method_config, open_store, run_baseline, run_method  # noqa: E402
 
 #: (network, method, corruption) -> config file; the pairs differ only in the corruption
 CONFIGS: dict[tuple[str, str, str], str] = {
@@ -59,21 +58,20 @@ def main() -> None:
     ctx = DistContext(0, 1, 0, device)
     out = args.out or f"runs/corruption/{args.dataset}"
     cli = {"dataset.name": args.dataset, "backbone.name": args.backbone, "train.epochs": args.epochs, "seed": args.seed, "out": out}
-    store = ResultsStore(Path(out) / "results.db")
+    store = open_store(Path(out) / "results.db")
     rows, dataset, t_start = [], None, time.perf_counter()
     for (network, method, corruption), name in CONFIGS.items():
         cfg = method_config(method, registry, user_config=HERE / name, cli=cli, set_items=args.set)
         cfg.out = str(Path(out) / Path(name).stem)
-        if dataset is None:
-            dataset = load_dataset(cfg, registry)
-            validate_dataset(dataset, cfg)
+        checked = check_run(cfg, registry, dataset)  # the dataset loaded once, checked for each config
+        dataset = checked.dataset
         t0 = time.perf_counter()
-        res = run_method(method, cfg, store, ctx, dataset=dataset, registry=registry)
+        res = run_method(method, cfg, store, ctx, registry=registry, checked=checked)
         knn = res.metrics.get("knn_top1_k20", res.metrics["knn_top1"])
         rows.append({"network": network, "corruption": corruption, "config": name, "linear top-1": 100 * res.metrics["linear_top1"],
                      "k-NN top-1": 100 * knn, "train + eval (s)": time.perf_counter() - t0})
         if method == "ldae":  # the DiT's own untrained network, probed the same way
-            base = run_baseline("random-init", cfg, store, dataset, device, registry=registry, method=method)
+            base = run_baseline("random-init", cfg, store, dataset, device, registry=registry, method=method, checked=checked)
             rows.append({"network": network, "corruption": "none (untrained network)", "config": name,
                          "linear top-1": 100 * base.metrics["linear_top1"], "k-NN top-1": 100 * base.metrics["knn_top1"], "train + eval (s)": None})
     for name in ("pixels", "random-init"):
