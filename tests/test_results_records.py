@@ -38,9 +38,9 @@ def test_metric_rows_refuse_nan_and_percentages_but_keep_none() -> None:
     rows = metric_rows(3, "linear", {"linear_top1": 0.5, "linear_top5": None}, {"epochs": 90})
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
         (3, "linear", "linear_top1", 0.5, '{"epochs": 90}'), (3, "linear", "linear_top5", None, '{"epochs": 90}')]
-    with pytest.raises(ValueError, match=r"evaluator 'segm' returned 'miou'=nan, which is not a finite number"):
+    with pytest.raises(ValueError, match=r"evaluator 'segm' returned 'miou'=nan: nan is not a finite number; nothing was written"):
         metric_rows(3, "segm", {"miou": float("nan")}, None)
-    with pytest.raises(ValueError, match="evaluator 'linear': metric 'linear_top1'=97.5 looks like a percentage"):
+    with pytest.raises(ValueError, match=r"evaluator 'linear' returned 'linear_top1'=97.5: 97.5 is outside \[0, 1\]"):
         metric_rows(3, "linear", {"linear_top1": 97.5}, None)
 
 

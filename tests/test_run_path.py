@@ -200,8 +200,8 @@ class _Bad:
 
 
 @pytest.mark.parametrize("what,says", [
-    (math.nan, "returned metric 'bad_top1' = nan"),
-    (97.5, "returned accuracy 'bad_top1' = 97.5, outside [0, 1]"),
+    (math.nan, "returned metric 'bad_top1' = nan: nan is not a finite number"),
+    (97.5, "returned metric 'bad_top1' = 97.5: 97.5 is outside [0, 1]"),
     ("text", "returned str '97.5%', not an EvalResult"),
     ("raise", "raised ValueError: boom"),
 ])

@@ -184,7 +184,11 @@ def json_problem(text: Any) -> str | None:
 
 
 def metric_value_problem(name: str, value: Any) -> str | None:
-    """Why a stored metric value cannot be shown as a number (type, finiteness, accuracy range)."""
+    """Why a metric value cannot be stored or shown as a number (type, finiteness, accuracy range);
+    None when it can (None itself means "not computed"). The one rule for the values an evaluator
+    returns, the values written and the values read back."""
+    if isinstance(value, bool):
+        return f"expected a number, got {short_repr(value)}"
     why = type_problem("value", value)
     if why or value is None:
         return why
@@ -243,19 +247,14 @@ def metric_rows(run_id: int, evaluator: str, metrics: Mapping[str, Any],
     proto = to_json(dict(protocol) if protocol is not None else {})
     rows = []
     for name, value in metrics.items():
-        v = None if value is None else float(value)
-        if v is not None and not math.isfinite(v):
+        why = metric_value_problem(str(name), value)
+        if why:
             raise ValueError(
-                f"evaluator {evaluator!r} returned {name!r}={value!r}, which is not a finite number; "
-                f"nothing was written. Fix the evaluator: return a finite number, or None for a metric "
-                f"it could not compute"
+                f"evaluator {evaluator!r} returned {name!r}={short_repr(value)}: {why}; nothing was written. "
+                f"Fix the evaluator: return a finite number (an accuracy as a fraction in [0, 1]), or None "
+                f"for a metric it could not compute"
             )
-        if v is not None and is_accuracy_metric(name) and not 0.0 <= v <= 1.0:
-            raise ValueError(
-                f"evaluator {evaluator!r}: metric {name!r}={value} looks like a percentage; accuracies "
-                f"are stored as fractions in [0, 1] (divide by 100)"
-            )
-        rows.append((int(run_id), evaluator, str(name), v, proto, now))
+        rows.append((int(run_id), evaluator, str(name), None if value is None else float(value), proto, now))
     return rows
 
 

@@ -15,10 +15,8 @@ accuracy outside [0, 1] (a percentage) is one line naming the evaluator and its 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 from ssl_bench.errors import SSLBenchError
 from ssl_bench.eval.features import cached_features
 from ssl_bench.files import atomic_write_text
-from ssl_bench.results import is_accuracy_metric
+from ssl_bench.results.records import metric_value_problem
 from ssl_bench.run.build import BuiltEvaluator
 
 METRICS_JSON = "metrics.json"
@@ -65,18 +63,13 @@ def checked_result(source: str, result: Any) -> tuple[dict[str, float], dict[str
                     "return ssl_bench.eval.base.EvalResult(metrics={name: float}, protocol={...})")
     out: dict[str, float] = {}
     for name, value in metrics.items():
-        if value is None:  # "not computed": stored as such
-            out[str(name)] = value
-            continue
-        if isinstance(value, bool) or not isinstance(value, (Real, torch.Tensor)) or (isinstance(value, torch.Tensor) and value.numel() != 1):
-            raise _fail(source, f"returned metric {name!r} = {str(value)[:40]!r}, not a number", "return plain floats")
-        number = float(value)
-        if not math.isfinite(number):
-            raise _fail(source, f"returned metric {name!r} = {number}", "return a finite number (a NaN usually means the evaluation diverged)")
-        if is_accuracy_metric(str(name)) and not 0.0 <= number <= 1.0:
-            raise _fail(source, f"returned accuracy {name!r} = {number:g}, outside [0, 1]",
-                        "accuracies are fractions in [0, 1] (divide a percentage by 100)")
-        out[str(name)] = number
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()  # a 0-d tensor is a number
+        why = metric_value_problem(str(name), value)  # the store's own rule, checked before anything is written
+        if why:
+            raise _fail(source, f"returned metric {name!r} = {str(value)[:40]}: {why}",
+                        "return a finite number (an accuracy as a fraction in [0, 1]), or None for a metric it could not compute")
+        out[str(name)] = None if value is None else float(value)
     try:
         json.dumps(dict(protocol), default=str)
     except (TypeError, ValueError) as exc:
