@@ -43,10 +43,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfgs = {m: method_config(m, registry, **layers) for m in args.methods}
     first = cfgs[args.methods[0]]
     registry.get("backbone", first.backbone.name)
-    checked = {m: check_run(cfg, registry) if m == args.methods[0] else None for m, cfg in cfgs.items()}
-    dataset = checked[args.methods[0]].dataset  # loaded once, checked for every method's config
-    for m, cfg in cfgs.items():
-        checked[m] = checked[m] or check_run(cfg, registry, dataset)
+    checked, dataset = {}, None
+    for m, cfg in cfgs.items():  # the dataset loaded once, checked for every method's config
+        checked[m] = check_run(cfg, registry, dataset)
+        dataset = checked[m].dataset
     results = results_path(args)
     with distributed_session(first.train.device) as ctx:
         store = recording_store(args, ctx.is_main)  # an existing store is checked now, a new one made on first record

@@ -98,14 +98,7 @@ def build_part(kind: str, key: str, spec: Mapping[str, Any], registry: Any, cont
             f"method.{key}: {', '.join(reserved)} is set by the method itself ({kind} constructors receive it); "
             f"drop it with --set " + " ".join(f"method.{key}.{r}=None" for r in reserved)
         )
-    if not var_kw:
-        unknown = sorted(set(options) - names)
-        if unknown:  # a spec that did not come through the config resolution (resolve_spec)
-            takes = sorted(names - set(context)) or ["no options"]
-            raise ConfigError(
-                f"method.{key}: {kind} '{name}' takes no option {', '.join(unknown)} (it takes: {', '.join(takes)}). "
-                f"Check the spelling, or drop it with --set " + " ".join(f"method.{key}.{b}=None" for b in unknown)
-            )
+    resolve_spec(kind, key, dict(spec), factory)  # a spec that did not come through the config resolution: same check
     passed = {k: v for k, v in context.items() if var_kw or k in names}
     try:
         return factory(**passed, **options)

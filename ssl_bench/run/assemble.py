@@ -172,9 +172,9 @@ def build_method(cfg: Any, registry: Registry, info: Any) -> Method:
     torch.manual_seed(cfg.seed)  # parameter init is part of the seed's contract
     backbone = build_backbone(cfg, registry, info)
     cls = registry.get("method", cfg.method.name)
-    names, _ = keyword_options(cls)
-    if "parts" not in names:
+    if not takes_parts(cls):
         return cls(cfg, backbone, info)
+    names, _ = keyword_options(cls)
     extra: dict[str, Any] = {"parts": build_parts(cfg, registry, info, grid=backbone.image_size // backbone.patch_size)}
     if "make_backbone" in names:
         extra["make_backbone"] = functools.partial(build_backbone, cfg, registry, info)
