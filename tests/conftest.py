@@ -5,8 +5,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import subprocess
+import sys
+import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -143,3 +147,41 @@ def run_as_unprivileged(check: Callable[[], None]) -> None:
 def as_unprivileged() -> Callable[[Callable[[], None]], None]:
     """:func:`run_as_unprivileged`, for tests that need chmod to bind (as root too)."""
     return run_as_unprivileged
+
+
+# -- the command line in a subprocess (signals, kill -9 and fresh processes need one) ---------------
+
+BIN = Path(sys.executable).parent
+
+
+def cli_env() -> dict[str, str]:
+    """One thread per process (2 cores, tests in parallel processes) and unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args: str, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``ssl-bench ARGS`` run to the end in ``cwd``."""
+    return subprocess.run([str(BIN / "ssl-bench"), *args], cwd=cwd, capture_output=True, text=True, env=cli_env(), timeout=timeout)
+
+
+def start_cli(args: list[str], cwd, driver: str | None = None) -> subprocess.Popen:
+    """``ssl-bench ARGS`` started in ``cwd``; ``driver``: Python source that patches something, then runs the CLI."""
+    cmd = [sys.executable, "-c", driver, *args] if driver else [str(BIN / "ssl-bench"), *args]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+
+
+def wait_for(predicate, timeout: float = 300, what: str = "") -> None:
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The process failed with ``code`` and said why in exactly one ``ssl-bench:`` line, no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ssl-bench:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]

@@ -12,43 +12,23 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_imagefolder
+from tests.conftest import BIN, cli, make_imagefolder, one_line_error, wait_for as _wait_for
+from tests.conftest import cli_env as _env
+from tests.conftest import start_cli as _start
 
-BIN = Path(sys.executable).parent
 TINY = [
     "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "dataset.limit_train=256", "dataset.limit_test=128",
     "train.batch_size=64", "eval.linear.epochs=3", "eval.linear.warmup_epochs=1",
 ]
 RUN = ["run", "mae", "--backbone", "vit-nano", "--out", "runs", "--no-baselines"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ssl-bench"), *args], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
-    """The process failed with ``code`` and said why in exactly one line, no traceback."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in lines if line.startswith("ssl-bench:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
 
 
 def snapshot(root: Path) -> dict:
@@ -210,19 +190,6 @@ def test_resume_without_flags_reuses_the_runs_config_and_its_baselines(finished,
 
 
 # ------------------------------------------------------------------------------ faults mid-run
-
-
-def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
-    t0 = time.time()
-    while not predicate():
-        if time.time() - t0 > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def _start(args: list[str], cwd: Path, driver: str | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", driver, *args] if driver else [str(BIN / "ssl-bench"), *args]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
 
 
 @pytest.mark.slow

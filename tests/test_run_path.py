@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -24,41 +22,14 @@ from typing import Any
 import pytest
 import torch
 
-BIN = Path(sys.executable).parent
 TINY = [
     "backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "dataset.limit_train=256", "dataset.limit_test=128",
     "train.batch_size=64", "train.warmup_epochs=1", "eval.linear.epochs=3", "eval.linear.warmup_epochs=1",
 ]
 CPU = torch.device("cpu")
 
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ssl-bench"), *args], cwd=cwd, capture_output=True, text=True, env=_env(), timeout=timeout)
-
-
-def start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "ssl-bench"), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env())
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 300) -> None:
-    t0 = time.time()
-    while not predicate():
-        if time.time() - t0 > timeout:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, code: int = 2) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("ssl-bench:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
+from tests.conftest import BIN, cli, one_line_error, start_cli, wait_for  # noqa: E402
+from tests.conftest import cli_env as _env  # noqa: E402
 
 
 def runs_table(db: Path) -> list[dict[str, Any]]:
@@ -86,8 +57,8 @@ def test_eval_refuses_a_run_stopped_before_its_last_epoch(tmp_path):
     """Wrong result 1 of the issue: `eval` on a run killed after epoch 2 of 4 exited 0 and recorded
     it as a finished 4-epoch run with epoch-2 scores."""
     run_dir = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0"
-    proc = start("run", "mae", "--backbone", "vit-nano", "--epochs", "4", "--no-baselines", "--set", *TINY, "dataset.limit_train=1024",
-                 cwd=tmp_path)
+    proc = start_cli(["run", "mae", "--backbone", "vit-nano", "--epochs", "4", "--no-baselines", "--set", *TINY,
+                      "dataset.limit_train=1024"], tmp_path)
     interrupt_after(proc, run_dir / "train.log", "epoch 2/4")
     line = one_line_error(cli("eval", str(run_dir), "--out", "runs", cwd=tmp_path))
     assert "stopped at" in line and "of 4" in line and "ssl-bench run mae --resume" in line and "nothing was recorded" in line
@@ -107,7 +78,7 @@ def test_a_resume_writes_the_uninterrupted_runs_metrics_json_byte_for_byte(tmp_p
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = "x ;touch PWNED"
     run_dir = tmp_path / out / "digits" / "vit-nano" / "ldae-s0"
-    proc = start("run", "ldae", "--out", out, *settings, cwd=tmp_path)
+    proc = start_cli(["run", "ldae", "--out", out, *settings], tmp_path)
     wait_for(lambda: (run_dir / "train.log").is_file() and "epoch 1/3" in (run_dir / "train.log").read_text(), what="epoch 1")
     proc.send_signal(signal.SIGINT)  # in epoch 2: a mid-epoch checkpoint
     _, err = proc.communicate(timeout=300)
@@ -141,7 +112,7 @@ def test_a_resume_never_scores_the_features_of_an_earlier_checkpoint(tmp_path):
     whole = cli("run", "mae", "--out", "whole", *settings, cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr[-3000:]
     run_dir = tmp_path / "runs" / "digits" / "vit-nano" / "mae-s0"
-    proc = start("run", "mae", "--out", "runs", *settings, cwd=tmp_path)
+    proc = start_cli(["run", "mae", "--out", "runs", *settings], tmp_path)
     interrupt_after(proc, run_dir / "train.log", "epoch 1/3")
     _, dataset, model, state = load_trained_method(run_dir, get_registry())
     assert state["epoch"] < 3  # stopped before the end (at or after epoch 1)
@@ -236,7 +207,7 @@ def test_simultaneous_runs_of_one_seed_each_succeed_and_share_each_baseline(tmp_
     """Four `ssl-bench run` of one method and seed started together: each gets its own run
     directory, and each baseline is scored once and reused by the others."""
     args = ["run", "mae", "--backbone", "vit-nano", "--epochs", "1", "--set", *TINY, "train.warmup_epochs=0"]
-    procs = [start(*args, cwd=tmp_path) for _ in range(4)]
+    procs = [start_cli([*args], tmp_path) for _ in range(4)]
     for p in procs:
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, err[-3000:]
