@@ -251,8 +251,8 @@ def metric_rows(run_id: int, evaluator: str, metrics: Mapping[str, Any],
         if why:
             raise ValueError(
                 f"evaluator {evaluator!r} returned {name!r}={short_repr(value)}: {why}; nothing was written. "
-                f"Fix the evaluator: return a finite number (an accuracy as a fraction in [0, 1]), or None "
-                f"for a metric it could not compute"
+                f"Fix the evaluator: return finite numbers, accuracies as fractions in [0, 1] (divide a "
+                f"percentage by 100), and None for a metric it could not compute"
             )
         rows.append((int(run_id), evaluator, str(name), None if value is None else float(value), proto, now))
     return rows

@@ -68,7 +68,8 @@ def checked_result(source: str, result: Any) -> tuple[dict[str, float], dict[str
         why = metric_value_problem(str(name), value)  # the store's own rule, checked before anything is written
         if why:
             raise _fail(source, f"returned metric {name!r} = {str(value)[:40]}: {why}",
-                        "return a finite number (an accuracy as a fraction in [0, 1]), or None for a metric it could not compute")
+                        "return finite numbers, accuracies as fractions in [0, 1] (divide a percentage by 100), "
+                        "and None for a metric it could not compute")
         out[str(name)] = None if value is None else float(value)
     try:
         json.dumps(dict(protocol), default=str)
