@@ -21,7 +21,7 @@ from ssl_bench.errors import ConfigError
 
 @dataclass(frozen=True)
 class Rule:
-    """One key's accepted values: ``kind`` int | float | pair | ints | choice | bool | device."""
+    """One key's accepted values: ``kind`` int | float | pair | ints | choice | bool | device | text."""
 
     kind: str
     lo: float | None = None
@@ -40,6 +40,8 @@ class Rule:
             text = "True or False"
         elif self.kind == "device":
             text = "auto, cpu, cuda or cuda:N"
+        elif self.kind == "text":
+            text = "a one-line text of 1 to 80 characters"
         else:
             noun = {"int": "an integer", "float": "a number", "pair": "a pair of numbers" + (" (low, high)" if self.ordered else ""),
                     "ints": "a non-empty tuple of integers"}[self.kind]
@@ -83,6 +85,8 @@ class Rule:
             return isinstance(value, bool)
         if self.kind == "device":
             return isinstance(value, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", value) is not None
+        if self.kind == "text":
+            return isinstance(value, str) and 0 < len(value.strip()) <= 80 and "\n" not in value
         raise ValueError(f"unknown rule kind {self.kind!r}")
 
 
@@ -96,6 +100,7 @@ def _num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = Fa
 
 RULES: dict[str, Rule] = {
     "seed": _int(0, example="0"),
+    "name": Rule("text", optional=True, example="mae-noise"),
     "train.epochs": _int(1, example="10"),
     "train.batch_size": _int(1, example="128"),
     "train.accum_iter": _int(1, example="1"),

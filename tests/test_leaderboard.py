@@ -14,8 +14,18 @@ from ssl_bench.results.columns import KNN_COL, LINEAR_COL
 from ssl_bench.results.queries import finished_runs, knn_top1_k20, metrics_by_run
 from ssl_bench.results.table4 import PAPER_PROBE
 
-BASE_COLUMNS = ["method", "backbone", "dataset", "epochs", KNN_COL, LINEAR_COL]
-TAIL_COLUMNS = ["seed", "wall time (s)", "throughput (img/s)", "labels", "run_id"]
+BASE_COLUMNS = [KNN_COL, LINEAR_COL]
+TAIL_COLUMNS = ["wall time (s)", "throughput (img/s)", "labels", "baseline", "seeds", "run_ids", "settings"]
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns, checked to come with their companions and to sit between the fixed columns and the tail."""
+    cols = df.attrs["metric_columns"]
+    assert list(df.columns[:5]) == ["method", "backbone", "dataset", "epochs", "n"]
+    assert list(df.columns[-len(TAIL_COLUMNS):]) == TAIL_COLUMNS
+    for c in cols:
+        assert {f"{c} sd", f"{c} lo", f"{c} hi", f"{c} best"} <= set(df.columns)
+    return cols
 
 
 @pytest.fixture
@@ -43,7 +53,7 @@ def test_third_party_evaluator_gets_a_column_per_metric(store: ResultsStore) -> 
     _run(store, "rotnet", {**LINEAR, "segm": ({"pixel_acc": 0.81234, "miou": 0.456789, "loss": 1.234567,
                                                "tokens_per_s": 123456.7}, {"dataset": "ade20k"})})
     df = build_leaderboard(store)
-    assert list(df.columns) == BASE_COLUMNS + ["pixel_acc", "miou", "loss", "tokens_per_s"] + TAIL_COLUMNS
+    assert metric_columns(df) == BASE_COLUMNS + ["pixel_acc", "miou", "loss", "tokens_per_s"]
     row = df.set_index("method").loc["rotnet"]
     assert row["pixel_acc"] == 81.2  # an accuracy: percent, one decimal
     assert (row["miou"], row["loss"], row["tokens_per_s"]) == (0.4568, 1.235, 123500.0)  # 4 significant
@@ -66,7 +76,7 @@ def test_headline_in_protocol_limits_the_columns(store: ResultsStore) -> None:
                                          {"headline": ["miou", "pixel_acc", "absent"]})})
     _run(store, "b", {**LINEAR, "depth": ({"rmse": 0.31, "delta1_acc": 0.9}, {"headline": "rmse"})})
     df = build_leaderboard(store)
-    assert list(df.columns) == BASE_COLUMNS + ["rmse", "miou", "pixel_acc"] + TAIL_COLUMNS
+    assert metric_columns(df) == BASE_COLUMNS + ["rmse", "miou", "pixel_acc"]
     t = df.set_index("method")
     assert (t.loc["a", "miou"], t.loc["a", "pixel_acc"], t.loc["b", "rmse"]) == (0.5, 80.0, 0.31)
 
@@ -82,11 +92,11 @@ def test_clashing_metric_names_are_qualified(store: ResultsStore) -> None:
     _run(store, "a", {**LINEAR, "segm": ({"score": 0.5, "seed": 3.0}, {})})
     _run(store, "b", {**LINEAR, "depth": ({"score": 0.25}, {})}, backbone="vit-s")
     df = build_leaderboard(store)
-    extra = [c for c in df.columns if c not in BASE_COLUMNS + TAIL_COLUMNS]
+    extra = [c for c in metric_columns(df) if c not in BASE_COLUMNS]
     assert extra == ["depth:score", "segm:score", "segm:seed"]
     t = df.set_index("method")
     assert t.loc["a", "segm:score"] == 0.5 and pd.isna(t.loc["a", "depth:score"])
-    assert t.loc["b", "depth:score"] == 0.25 and t.loc["a", "seed"] == 0  # the run's seed is untouched
+    assert t.loc["b", "depth:score"] == 0.25 and t.loc["a", "seeds"] == "0"  # the run's seed is untouched
 
 
 def test_a_bad_headline_is_one_warning_line_naming_the_run(store: ResultsStore, caplog: pytest.LogCaptureFixture) -> None:
@@ -94,7 +104,7 @@ def test_a_bad_headline_is_one_warning_line_naming_the_run(store: ResultsStore, 
     with one warning line naming the run, never a failed table."""
     rid = _run(store, "a", {**LINEAR, "segm": ({"miou": 0.5, "loss": 0.25}, {"headline": {"miou": True}})})
     df = build_leaderboard(store)
-    assert list(df.columns) == BASE_COLUMNS + ["miou", "loss"] + TAIL_COLUMNS
+    assert metric_columns(df) == BASE_COLUMNS + ["miou", "loss"]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     msg = warnings[0]

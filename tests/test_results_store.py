@@ -103,7 +103,7 @@ def test_round_trip_runs_and_metrics(tmp_path: Path) -> None:
         assert dict(zip(m["name"], m["value"])) == {"linear_top1": 0.6, "knn_top1": 0.55}
 
         version = s._conn.execute("SELECT version FROM schema_version").fetchall()
-        assert [tuple(v) for v in version] == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 2
+        assert [tuple(v) for v in version] == [(SCHEMA_VERSION,)] and SCHEMA_VERSION == 3
         assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -192,8 +192,8 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 
 
 def test_leaderboard_latest_finished_and_baselines_first(store: ResultsStore) -> None:
-    _finished(store, "mae", linear=0.40, knn=0.30)  # superseded below
-    _finished(store, "mae", linear=0.555, knn=0.444, seed=7)  # latest finished -> shown
+    _finished(store, "mae", linear=0.40, knn=0.30, seed=7)  # superseded below: a rerun of its seed
+    _finished(store, "mae", linear=0.555, knn=0.444, seed=7)  # latest finished of seed 7 -> shown
     running = store.add_run(RunRecord(method="mae", backbone="vit-b", dataset="cifar10"))
     store.add_metrics(running, "linear", {"linear_top1": 0.99}, {})  # running: ignored
     failed = store.add_run(RunRecord(method="mae", backbone="vit-b", dataset="cifar10"))
@@ -211,7 +211,7 @@ def test_leaderboard_latest_finished_and_baselines_first(store: ResultsStore) ->
     df = build_leaderboard(store)
     assert df["method"].tolist() == ["pixels", "random-init", "mocov3", "ldae", "mae", "dit"]
     mae = df[df["method"] == "mae"].iloc[0]
-    assert mae[LINEAR_COL] == 55.5 and mae[KNN_COL] == 44.4 and mae["seed"] == 7
+    assert mae[LINEAR_COL] == 55.5 and mae[KNN_COL] == 44.4 and mae["seeds"] == "7" and mae["n"] == 1
     assert "NLL (bits/dim)" in df.columns
     nll_at = list(df.columns).index("NLL (bits/dim)")
     assert df.columns[nll_at + 1] == "NLL space"  # latent and pixel bits/dim are different scales
@@ -219,11 +219,11 @@ def test_leaderboard_latest_finished_and_baselines_first(store: ResultsStore) ->
     assert space["dit"] == "pixel" and space.drop("dit").isna().all()
     labels = df.set_index("method")["labels"]
     assert labels["dit"] and not labels["mae"]
-    assert list(df.columns[:6]) == ["method", "backbone", "dataset", "epochs", KNN_COL, LINEAR_COL]
+    assert list(df.columns[:6]) == ["method", "backbone", "dataset", "epochs", "n", KNN_COL]
 
     md = render(df, "md")
     assert "55.5" in md and "44.4" in md and "70.0" in md and "3.457" in md
-    assert "99.0" not in md and "98.0" not in md and "40.0" not in md
+    assert not {99.0, 98.0, 40.0} & set(df[LINEAR_COL])  # running, interrupted, superseded: none shown
     assert "nll_bpd_stderr" not in df.columns  # a built-in evaluator's non-headline metric
     assert md.index("pixels") < md.index("random-init") < md.index("mocov3") < md.index("| mae")
     csv = render(df, "csv")
@@ -251,19 +251,22 @@ def test_leaderboard_filters_and_knn_k(store: ResultsStore) -> None:
 
 
 #: The leaderboard's columns when no run has more than the core metrics (README "Leaderboard").
-EMPTY_LEADERBOARD_COLUMNS = ["method", "backbone", "dataset", "epochs", "k-NN top-1 (k=20)", "linear top-1", "seed",
-                             "wall time (s)", "throughput (img/s)", "labels", "run_id"]
+EMPTY_LEADERBOARD_COLUMNS = ["method", "backbone", "dataset", "epochs", "n", "k-NN top-1 (k=20)", "k-NN top-1 (k=20) 95% CI",
+                             "k-NN top-1 (k=20) gain", "linear top-1", "linear top-1 95% CI", "linear top-1 gain",
+                             "wall time (s)", "throughput (img/s)", "labels"]
 
 
 def test_empty_leaderboard_renders_its_header(store: ResultsStore) -> None:
     df = build_leaderboard(store)
-    assert df.empty and list(df.columns) == EMPTY_LEADERBOARD_COLUMNS
+    assert df.empty and df.attrs["metric_columns"] == ["k-NN top-1 (k=20)", "linear top-1"]
     md = render(df, "md").splitlines()
     assert len(md) == 2 and [c.strip() for c in md[0].strip("|").split("|")] == EMPTY_LEADERBOARD_COLUMNS
     assert set(md[1]) <= {"|", "-", ":"}  # the separator, and no data row
-    assert render(df, "csv") == ",".join(EMPTY_LEADERBOARD_COLUMNS) + "\n"
+    assert render(df, "csv") == ",".join(df.columns) + "\n"  # csv: the numeric frame (sd, lo, hi, best, run ids)
+    assert {"linear top-1 sd", "linear top-1 lo", "linear top-1 hi", "linear top-1 best", "seeds", "run_ids", "settings"} <= set(df.columns)
     html = render(df, "html")
-    assert re.findall(r"<th>(.*?)</th>", html) == EMPTY_LEADERBOARD_COLUMNS and "<td>" not in html
+    html_columns = EMPTY_LEADERBOARD_COLUMNS + ["baseline", "seeds", "run_ids", "settings"]  # html keeps what md leaves out
+    assert re.findall(r"<th>(.*?)</th>", html) == html_columns and "<td>" not in html
 
 
 # -- Table 4 -------------------------------------------------------------------------
@@ -620,8 +623,8 @@ def test_v1_file_is_migrated_in_place(tmp_path: Path) -> None:
         c = s._conn
         assert [tuple(r) for r in c.execute("SELECT version FROM schema_version")] == [(SCHEMA_VERSION,)]
         cols = [r[1] for r in c.execute("PRAGMA table_info(runs)")]
-        assert cols[-2:] == ["pid", "host"]
-        assert [tuple(r)[:-2] for r in c.execute("SELECT * FROM runs ORDER BY id")] == before_runs
+        assert cols[-3:] == ["pid", "host", "variant_json"]
+        assert [tuple(r)[:-3] for r in c.execute("SELECT * FROM runs ORDER BY id")] == before_runs
         assert [tuple(r) for r in c.execute("SELECT * FROM metrics ORDER BY id")] == before_metrics
         indexes = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"runs_run_dir", "runs_key", "metrics_run"} <= indexes

@@ -2,6 +2,9 @@
 # --config file, CLI flags and --set key=value override both (in that order).
 seed = 0
 out = "runs"
+# The leaderboard row label of this configuration (`--name`). None: the method name, plus the settings
+# that differ from the method's defaults (ssl_bench/run/variant.py).
+name = None
 
 dataset = dict(
     name="digits",  # offline default: ships with scikit-learn

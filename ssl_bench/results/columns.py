@@ -37,3 +37,6 @@ COLUMN_FORMATS_ATTR = "column_formats"
 DAMAGED_CELLS_ATTR = "damaged_cells"
 #: What md / html show in a damaged cell.
 DAMAGED_TEXT = "damaged"
+#: ``df.attrs`` key: the metric columns of a leaderboard frame (each with ``sd`` / ``lo`` / ``hi`` /
+#: ``best`` companions), in display order: what the plot and the readable renderings iterate over.
+METRIC_COLUMNS_ATTR = "metric_columns"

@@ -1,4 +1,4 @@
-"""The leaderboard: one row per (method, backbone, dataset, settings) from its latest finished run.
+"""The leaderboard: one row per configuration, aggregated over its seeds, with 95% intervals.
 
 The table is *derived* data: it is rebuilt from the store on demand, so re-evaluating a run
 (``ssl-bench eval``) or finishing a new one is reflected without anyone editing a file by hand.
@@ -15,64 +15,59 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
 from .columns import (
     ALWAYS_SHOWN, BUILTIN_EVALUATORS, COLUMN_FORMATS_ATTR, DAMAGED_CELLS_ATTR, HEADLINE_METRICS, LABELS_COL,
-    QUALIFIER_COLUMNS, THROUGHPUT_COL, WALL_COL,
+    METRIC_COLUMNS_ATTR, QUALIFIER_COLUMNS, THROUGHPUT_COL, WALL_COL,
 )
-from .queries import KNN_K, LatestRun, knn_top1_k20, latest_finished
+from .queries import KNN_K, LatestRun
 from .records import BASELINE_METHOD_NAMES, is_accuracy_metric, short_repr
+from .rows import ConfigRow, configuration_rows
 from .settings import setting_text
+from .stats import interval, mean_sd, overlaps
 from .store import ResultsStore
 
-
-def metric_value(e: LatestRun, name: str) -> float | None:
-    """A headline metric as shown: accuracies in percent (one decimal), others to 4 decimals."""
-    v = knn_top1_k20(e.metrics, e.protocols) if name == "knn_top1" else e.metrics.get(name)
-    if v is None:
-        return None
-    return round(100.0 * v, 1) if is_accuracy_metric(name) else round(float(v), 4)
-
-
-def metric_damaged(e: LatestRun, name: str) -> bool:
-    """Whether the value a headline column would show for ``e`` is damaged in the store."""
-    if name != "knn_top1":
-        return name in e.damaged
-    k20 = f"knn_top1_k{KNN_K}"
-    return k20 in e.damaged or (e.metrics.get(k20) is None and "knn_top1" in e.damaged)
+#: Metrics where lower is better (the best of such a column is its minimum).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"nll_bpd"})
+#: Metrics that get a ``gain`` column: the row's mean minus its own untrained network's.
+GAIN_METRICS: tuple[str, ...] = ("knn_top1", "linear_top1")
+FIXED_COLUMNS: tuple[str, ...] = ("method", "backbone", "dataset", "epochs", "n")
+TAIL_COLUMNS: tuple[str, ...] = (WALL_COL, THROUGHPUT_COL, LABELS_COL, "baseline", "seeds", "run_ids", "settings")
 
 
-def sort_key(e: LatestRun) -> tuple[Any, ...]:
-    """Per dataset and data settings: baselines first (pixels, random-init, others), then linear
-    top-1 desc, missing last."""
-    lin = e.linear()
-    base_order = BASELINE_METHOD_NAMES.index(e.method) if e.method in BASELINE_METHOD_NAMES else 99
+def sort_key(row: ConfigRow) -> tuple[Any, ...]:
+    """Per dataset and data settings: baselines first (pixels, random-init, a method's own untrained
+    network), then linear top-1 mean desc, missing last."""
+    lin = row.values("linear_top1")
+    mean = sum(lin) / len(lin) if lin else None
+    base = row.method.split(":")[0]
+    base_order = BASELINE_METHOD_NAMES.index(base) if base in BASELINE_METHOD_NAMES else 99
     return (
-        e.dataset or "", e.data, 0 if e.baseline else 1, base_order if e.baseline else 0,
-        lin is None, -(lin or 0.0), e.method, e.backbone or "", e.dataset or "",
+        row.dataset or "", row.data, 0 if row.baseline else 1, base_order if row.baseline else 0,
+        row.method if row.baseline else "", mean is None, -(mean or 0.0), row.label, row.backbone or "",
     )
 
 
-def dataset_labels(entries: list[LatestRun]) -> dict[int, str]:
-    """run id -> dataset cell: the name, plus the settings that differ where one dataset appears with
+def dataset_labels(rows: list[ConfigRow]) -> list[str]:
+    """Each row's dataset cell: the name, plus the settings that differ where one dataset appears with
     more than one (``digits (limit_train=1000)`` beside ``digits (limit_train=200)``), written as the
     ``--set`` values that select them."""
     variants: dict[str | None, set[tuple[tuple[str, str], ...]]] = {}
-    for e in entries:
-        variants.setdefault(e.dataset, set()).add(e.data)
+    for r in rows:
+        variants.setdefault(r.dataset, set()).add(r.data)
     differing: dict[str | None, list[str]] = {}  # per dataset: the keys whose values differ
     for name, settings in variants.items():
         values = [dict(d) for d in settings]
         keys = sorted({k for v in values for k in v})
         differing[name] = [k for k in keys if len({v.get(k) for v in values}) > 1] if len(values) > 1 else []
-    labels = {}
-    for e in entries:
-        keys, mine = differing[e.dataset], dict(e.data)
+    labels = []
+    for r in rows:
+        keys, mine = differing[r.dataset], dict(r.data)
         shown = ", ".join(f"{k}={setting_text(mine.get(k))}" for k in keys)
-        labels[e.run_id] = f"{e.dataset or ''} ({shown})" if keys else e.dataset or ""
+        labels.append(f"{r.dataset or ''} ({shown})" if keys else r.dataset or "")
     return labels
 
 
@@ -115,16 +110,17 @@ class ExtraColumn:
     def fmt(self) -> str:
         return "pct" if is_accuracy_metric(self.metric) else "sig4"
 
-    def value(self, e: LatestRun) -> float | None:
-        if e.evaluators.get(self.metric) != self.evaluator:
-            return None
-        v = e.metrics.get(self.metric)
-        if v is None:
-            return None
-        return round(100.0 * float(v), 1) if self.fmt == "pct" else sig4(v)
+    @property
+    def accuracy(self) -> bool:
+        return self.fmt == "pct"
 
-    def damaged(self, e: LatestRun) -> bool:
-        return e.evaluators.get(self.metric) == self.evaluator and self.metric in e.damaged
+    def values(self, row: ConfigRow) -> list[float]:
+        """The metric in each of the row's runs that this evaluator scored."""
+        return [float(e.metrics[self.metric]) for e in row.runs
+                if e.evaluators.get(self.metric) == self.evaluator and e.metrics.get(self.metric) is not None]
+
+    def damaged(self, row: ConfigRow) -> bool:
+        return any(e.evaluators.get(self.metric) == self.evaluator and self.metric in e.damaged for e in row.runs)
 
 
 def extra_columns(store: ResultsStore, entries: list[LatestRun], reserved: set[str]) -> list[ExtraColumn]:
@@ -162,62 +158,155 @@ def extra_columns(store: ResultsStore, entries: list[LatestRun], reserved: set[s
     return [ExtraColumn(ev, n, n if n not in reserved and counts[n] == 1 else f"{ev}:{n}") for ev, n in pairs]
 
 
-def build_leaderboard(store: ResultsStore, dataset: str | None = None, backbone: str | None = None) -> pd.DataFrame:
-    """One row per (method, backbone, dataset, settings) from its latest finished run.
+@dataclass(frozen=True)
+class MetricColumn:
+    """A metric column of the table: where its per-seed values come from and how they are shown."""
 
-    Accuracies are percentages with one decimal; optional headline metrics get a column only if some
-    row has them; ``labels`` is True for runs that used labels during pre-training (e.g.
-    class-conditional DiT), which is not label-free SSL. Metrics of evaluators other than the built-in
-    ones follow the headline columns (see :func:`extra_columns`): accuracies as percentages, other
-    numbers to 4 significant digits. ``df.attrs["column_formats"]`` tells ``render`` which, and
-    ``df.attrs["damaged_cells"]`` which cells hold a damaged stored value (NaN in the frame).
+    column: str
+    metric: str
+    accuracy: bool
+    higher_is_better: bool
+    values: Callable[[ConfigRow], list[float]]
+    damaged: Callable[[ConfigRow], bool]
+    fmt: str | None = None  # "pct" / "sig4" for plugin columns (render's hint)
+
+
+def headline_column(name: str) -> MetricColumn:
+    return MetricColumn(
+        HEADLINE_METRICS[name], name, is_accuracy_metric(name), name not in LOWER_IS_BETTER,
+        values=lambda r, n=name: r.values(n), damaged=lambda r, n=name: r.damaged(f"knn_top1_k{KNN_K}" if n == "knn_top1" else n)
+        or (n == "knn_top1" and r.damaged("knn_top1")),
+    )
+
+
+def rounded(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def summarise(col: MetricColumn, row: ConfigRow) -> dict[str, Any]:
+    """Mean, sd, interval and n of one column in one row (all None when the row has no value)."""
+    vals = col.values(row)
+    if not vals:
+        return {"mean": None, "sd": None, "lo": None, "hi": None, "n": 0}
+    mean, sd = mean_sd(vals)
+    lo, hi = interval(vals, row.n_test(col.metric), accuracy=col.accuracy)
+    scale = 100.0 if col.accuracy else 1.0
+    return {
+        "mean": scale * mean, "sd": None if sd is None else scale * sd,
+        "lo": None if lo is None else scale * lo, "hi": None if hi is None else scale * hi, "n": len(vals),
+    }
+
+
+def shown(col: MetricColumn, got: dict[str, Any]) -> dict[str, float | None]:
+    """A column's summary as the table holds it: accuracies in percent with the mean to one decimal
+    (as shown) and the spread to two; a plugin's other numbers to 4 significant digits."""
+    if col.accuracy:
+        return {"mean": rounded(got["mean"], 1), **{k: rounded(got[k], 2) for k in ("sd", "lo", "hi")}}
+    fix = (lambda v: None if v is None else sig4(v)) if col.fmt == "sig4" else (lambda v: rounded(v, 4))
+    return {k: fix(got[k]) for k in ("mean", "sd", "lo", "hi")}
+
+
+def mark_best(summaries: list[dict[str, Any]], rows: list[ConfigRow], col: MetricColumn) -> list[bool]:
+    """Per row: whether it cannot be told apart from the best row of the column (its 95% interval
+    overlaps the best one's), among the trained rows of the same dataset, data settings and backbone.
+    Baselines are references, never marked; a lone trained row neither."""
+    marks = [False] * len(rows)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        if not r.baseline and summaries[i]["mean"] is not None:
+            groups.setdefault((r.dataset, r.data, r.backbone), []).append(i)
+    for members in groups.values():
+        if len(members) < 2:  # nothing to tell apart
+            continue
+        sign = 1.0 if col.higher_is_better else -1.0
+        best = max(members, key=lambda i: sign * summaries[i]["mean"])
+        b = (summaries[best]["lo"], summaries[best]["hi"])
+        for i in members:
+            marks[i] = i == best or overlaps((summaries[i]["lo"], summaries[i]["hi"]), b)
+    return marks
+
+
+def untrained_partner(row: ConfigRow, rows: list[ConfigRow]) -> ConfigRow | None:
+    """The row's own untrained network: ``random-init:<its label>`` scored with it, else the plain
+    ``random-init`` of the same data, probes and backbone."""
+    same = [r for r in rows if r.baseline and (r.dataset, r.data, r.backbone) == (row.dataset, row.data, row.backbone)]
+    own = [r for r in same if r.label == f"random-init:{row.label}"]
+    plain = [r for r in same if r.method == "random-init"]
+    return (own or plain or [None])[0]
+
+
+def build_leaderboard(store: ResultsStore, dataset: str | None = None, backbone: str | None = None) -> pd.DataFrame:
+    """One row per configuration (method + the settings that differ from its defaults, backbone,
+    dataset, data and probe settings), aggregated over its seeds (the latest run of each).
+
+    For every metric column C: C is the mean over seeds (accuracies in percent), ``C sd`` the
+    sample standard deviation (n >= 2), ``C lo`` / ``C hi`` the 95% interval (:mod:`.stats`: the seed
+    spread together with test-set sampling), ``C best`` whether the row cannot be told apart from the
+    column's best, and for the k-NN and linear columns ``C gain`` the mean minus that of the row's own
+    untrained network. ``n`` is the number of seeds, ``seeds`` / ``run_ids`` the runs behind the row,
+    ``settings`` the full difference from the method's defaults. ``df.attrs["metric_columns"]`` lists
+    the metric columns; ``column_formats`` / ``damaged_cells`` are render's hints, as before.
     """
-    entries = sorted(latest_finished(store, dataset, backbone), key=sort_key)
-    shown = [
-        name for name in HEADLINE_METRICS
-        if name in ALWAYS_SHOWN or any(metric_value(e, name) is not None or metric_damaged(e, name) for e in entries)
-    ]
-    fixed = ["method", "backbone", "dataset", "epochs"]
-    for n in shown:
-        fixed.append(HEADLINE_METRICS[n])
-        if n in QUALIFIER_COLUMNS:
-            fixed.append(QUALIFIER_COLUMNS[n][0])
-    tail = ["seed", WALL_COL, THROUGHPUT_COL, LABELS_COL, "run_id"]
-    reserved = set(fixed) | set(tail) | set(HEADLINE_METRICS.values())
-    reserved |= {c for c, _ in QUALIFIER_COLUMNS.values()}
-    extras = extra_columns(store, entries, reserved)
-    labels = dataset_labels(entries)
-    rows = []
+    rows = sorted(configuration_rows(store, dataset, backbone), key=sort_key)
+    present = [n for n in HEADLINE_METRICS if n in ALWAYS_SHOWN or any(headline_column(n).values(r) or headline_column(n).damaged(r) for r in rows)]
+    columns_m = [headline_column(n) for n in present]
+    reserved = set(HEADLINE_METRICS.values()) | {c for c, _ in QUALIFIER_COLUMNS.values()} | set(FIXED_COLUMNS) | set(TAIL_COLUMNS)
+    reserved |= {"seed", "run_id"}  # the per-run columns of `--runs`
+    runs = [e for r in rows for e in r.runs]
+    for x in extra_columns(store, runs, reserved):
+        columns_m.append(MetricColumn(x.column, x.metric, x.accuracy, True, values=x.values, damaged=x.damaged, fmt=x.fmt))
+    labels = dataset_labels(rows)
+    summaries = {c.column: [summarise(c, r) for r in rows] for c in columns_m}
+    best = {c.column: mark_best(summaries[c.column], rows, c) for c in columns_m}
+    out_rows = []
     damaged: list[tuple[int, str]] = []
-    for i, e in enumerate(entries):
-        row: dict[str, Any] = {"method": e.method, "backbone": e.backbone, "dataset": labels[e.run_id], "epochs": e.epochs}
-        for name in shown:
-            value = row[HEADLINE_METRICS[name]] = metric_value(e, name)
-            if metric_damaged(e, name):
-                damaged.append((i, HEADLINE_METRICS[name]))
-            if name in QUALIFIER_COLUMNS:
-                col, key = QUALIFIER_COLUMNS[name]
-                row[col] = None if value is None else e.protocols.get(name, {}).get(key)
-        for x in extras:
-            row[x.column] = x.value(e)
-            if x.damaged(e):
-                damaged.append((i, x.column))
-        row.update({
-            "seed": e.seed,
-            WALL_COL: None if e.wall_time_s is None else round(float(e.wall_time_s), 1),
-            THROUGHPUT_COL: None if e.throughput_img_s is None else round(float(e.throughput_img_s), 1),
-            LABELS_COL: e.uses_labels,
-            "run_id": e.run_id,
+    for i, r in enumerate(rows):
+        out: dict[str, Any] = {"method": r.label, "backbone": r.backbone, "dataset": labels[i], "epochs": r.epochs, "n": len(r.runs)}
+        partner = None if r.baseline else untrained_partner(r, rows)
+        for c in columns_m:
+            got = summaries[c.column][i]
+            view = shown(c, got)
+            out[c.column] = view["mean"]
+            out.update({f"{c.column} sd": view["sd"], f"{c.column} lo": view["lo"], f"{c.column} hi": view["hi"],
+                        f"{c.column} best": best[c.column][i]})
+            if c.metric in GAIN_METRICS:
+                base = None if partner is None else summaries[c.column][rows.index(partner)]["mean"]
+                out[f"{c.column} gain"] = None if got["mean"] is None or base is None else rounded(got["mean"] - base, 1)
+            if c.metric in QUALIFIER_COLUMNS:
+                qcol, key = QUALIFIER_COLUMNS[c.metric]
+                out[qcol] = None if got["mean"] is None else r.runs[0].protocols.get(c.metric, {}).get(key)
+            if c.damaged(r):
+                damaged.append((i, c.column))
+        walls = [e.wall_time_s for e in r.runs if e.wall_time_s is not None]
+        speeds = [e.throughput_img_s for e in r.runs if e.throughput_img_s is not None]
+        out.update({
+            WALL_COL: round(float(sum(walls) / len(walls)), 1) if walls else None,
+            THROUGHPUT_COL: round(float(sum(speeds) / len(speeds)), 1) if speeds else None,
+            LABELS_COL: any(e.uses_labels for e in r.runs),
+            "baseline": r.baseline,
+            "seeds": ",".join("" if s is None else str(s) for s in r.seeds),
+            "run_ids": ",".join(map(str, r.run_ids)),
+            "settings": r.settings_text(),
         })
-        rows.append(row)
-    columns = fixed + [x.column for x in extras] + tail
-    metric_cols = [HEADLINE_METRICS[n] for n in shown] + [x.column for x in extras]
-    df = pd.DataFrame(rows, columns=columns)
-    for col in ("epochs", "seed", "run_id"):
-        df[col] = df[col].astype("Int64")
-    for col in metric_cols + [WALL_COL, THROUGHPUT_COL]:
+        out_rows.append(out)
+    metric_cols = []
+    for c in columns_m:
+        metric_cols += [c.column] + ([QUALIFIER_COLUMNS[c.metric][0]] if c.metric in QUALIFIER_COLUMNS else [])
+        metric_cols += [f"{c.column} sd", f"{c.column} lo", f"{c.column} hi", f"{c.column} best"]
+        metric_cols += [f"{c.column} gain"] if c.metric in GAIN_METRICS else []
+    columns = list(FIXED_COLUMNS) + metric_cols + list(TAIL_COLUMNS)
+    df = pd.DataFrame(out_rows, columns=columns)
+    df["epochs"] = df["epochs"].astype("Int64")
+    df["n"] = df["n"].astype("Int64")
+    for c in columns_m:
+        for col in (c.column, f"{c.column} sd", f"{c.column} lo", f"{c.column} hi") + ((f"{c.column} gain",) if c.metric in GAIN_METRICS else ()):
+            df[col] = df[col].astype("float64")
+        df[f"{c.column} best"] = df[f"{c.column} best"].astype(bool)
+    for col in (WALL_COL, THROUGHPUT_COL):
         df[col] = df[col].astype("float64")
-    df[LABELS_COL] = df[LABELS_COL].astype(bool)
-    df.attrs[COLUMN_FORMATS_ATTR] = {x.column: x.fmt for x in extras}
+    for col in (LABELS_COL, "baseline"):
+        df[col] = df[col].astype(bool)
+    df.attrs[METRIC_COLUMNS_ATTR] = [c.column for c in columns_m]
+    df.attrs[COLUMN_FORMATS_ATTR] = {c.column: c.fmt for c in columns_m if c.fmt}
     df.attrs[DAMAGED_CELLS_ATTR] = damaged
     return df

@@ -125,6 +125,8 @@ class LatestRun:
     evaluators: dict[str, str] = field(default_factory=dict)  # metric -> evaluator that wrote it
     damaged: dict[str, str] = field(default_factory=dict)  # metric -> why its value is not shown
     data: Settings = ()  # data and probe settings, values as JSON text
+    variant: str = ""  # the row label (the method name for its default configuration)
+    variant_settings: str = "{}"  # JSON of the settings that differ from the method's defaults
 
     def subset(self) -> dict[str, Any]:
         """The subset options this run set (``limit_train`` / ``limit_test`` not None)."""
@@ -138,8 +140,23 @@ class LatestRun:
         return self.metrics.get("linear_top1")
 
 
+def variant_of_record(rec: dict[str, Any]) -> tuple[str, str]:
+    """(label, settings JSON) of a run row; a run recorded before row identities (or with a damaged
+    one) is its method's default configuration."""
+    raw = none_if_na(rec.get("variant_json"))
+    try:
+        v = json.loads(raw) if raw else {}
+    except ValueError:
+        v = {}
+    label = v.get("label") if isinstance(v, dict) and isinstance(v.get("label"), str) else rec["method"]
+    settings = v.get("settings") if isinstance(v, dict) and isinstance(v.get("settings"), dict) else {}
+    return label, json.dumps(settings, sort_keys=True)
+
+
 def latest_finished(store: ResultsStore, dataset: str | None = None, backbone: str | None = None) -> list[LatestRun]:
-    """Latest finished run per (method, backbone, dataset, data and probe settings); ties by run id.
+    """Latest finished run per (method, row identity, backbone, dataset, data and probe settings,
+    seed); ties by run id. A rerun of a seed replaces that seed's earlier run; other seeds and other
+    configurations are kept (:mod:`.rows` groups them into the table's rows).
 
     A run scored with fewer probes joins the settings group it agrees with
     (:func:`~.settings.merge_partial_settings`).
@@ -157,7 +174,8 @@ def latest_finished(store: ResultsStore, dataset: str | None = None, backbone: s
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for rec in records:
         data = canonical[settings[int(rec["id"])]]
-        key = (rec["method"], none_if_na(rec["backbone"]), none_if_na(rec["dataset"]), data)
+        rec["_variant"] = variant_of_record(rec)
+        key = (rec["method"], rec["_variant"], none_if_na(rec["backbone"]), none_if_na(rec["dataset"]), data, none_if_na(rec["seed"]))
         rank = (none_if_na(rec["finished_at"]) or rec["created_at"], int(rec["id"]))
         if key not in latest or rank > latest[key]["_rank"]:
             latest[key] = {**rec, "_rank": rank, "_data": data}
@@ -170,5 +188,6 @@ def latest_finished(store: ResultsStore, dataset: str | None = None, backbone: s
             wall_time_s=none_if_na(r["wall_time_s"]), throughput_img_s=none_if_na(r["throughput_img_s"]),
             uses_labels=bool(r["uses_labels"]), is_baseline=bool(r["is_baseline"]), run_dir=none_if_na(r["run_dir"]),
             metrics=got.values, protocols=got.protocols, evaluators=got.evaluators, damaged=got.damaged, data=r["_data"],
+            variant=r["_variant"][0], variant_settings=r["_variant"][1],
         ))
     return out

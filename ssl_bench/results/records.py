@@ -54,6 +54,7 @@ class RunRecord:
     seed: int | None = None
     git_commit: str | None = None
     versions_json: str | Mapping[str, Any] | None = None
+    variant_json: str | Mapping[str, Any] | None = None  # {"label", "settings"}: see ssl_bench.run.variant
     epochs: int | None = None
     batch_size: int | None = None
     wall_time_s: float | None = None
@@ -70,7 +71,7 @@ class RunRecord:
 
 
 RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(RunRecord))
-JSON_FIELDS: frozenset[str] = frozenset({"config_json", "versions_json"})
+JSON_FIELDS: frozenset[str] = frozenset({"config_json", "versions_json", "variant_json"})
 BOOL_FIELDS: frozenset[str] = frozenset({"uses_labels", "is_baseline"})
 INT_FIELDS: frozenset[str] = frozenset({"id", "seed", "epochs", "batch_size", "pid"}) | BOOL_FIELDS
 REAL_FIELDS: frozenset[str] = frozenset({"wall_time_s", "throughput_img_s", "peak_mem_mb"})

@@ -2,7 +2,8 @@
 
 md and html are for reading: fixed decimals (80.0, not 80), blanks for missing values, "damaged" for
 a stored value that failed its checks. csv is for loading back: the numeric frame as it is (a damaged
-value is an empty cell, never a number).
+value is an empty cell, never a number). A leaderboard's metric shows as ``mean ± sd`` with its 95%
+interval in a column of its own (see :func:`readable`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import pandas as pd
 
 from .columns import (
-    COLUMN_FORMATS_ATTR, DAMAGED_CELLS_ATTR, DAMAGED_TEXT, HEADLINE_METRICS, KNN_COL, LINEAR_COL, NLL_COL,
-    THROUGHPUT_COL, WALL_COL,
+    COLUMN_FORMATS_ATTR, DAMAGED_CELLS_ATTR, DAMAGED_TEXT, HEADLINE_METRICS, KNN_COL, LINEAR_COL, METRIC_COLUMNS_ATTR,
+    NLL_COL, THROUGHPUT_COL, WALL_COL,
 )
 from .records import none_if_na
 
@@ -73,18 +74,67 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(df.columns), dtype=object)
 
 
+#: Companion columns of a metric column C (``C sd`` ...) folded into readable cells by :func:`readable`.
+SPREAD_SUFFIXES: tuple[str, ...] = (" sd", " lo", " hi", " best")
+#: Leaderboard columns kept out of the markdown table (csv and html carry them).
+MD_HIDDEN: tuple[str, ...] = ("settings", "seeds", "run_ids", "baseline")
+#: Appended to a mean that cannot be told apart from its column's best.
+BEST_MARK = " *"
+
+
+def readable(df: pd.DataFrame, fmt: str) -> pd.DataFrame:
+    """A leaderboard frame (one with ``metric_columns``) for reading: each metric cell as
+    ``mean ± sd`` (the sd where n >= 2), marked ``*`` when it cannot be told apart from the column's
+    best, then a ``C 95% CI`` column ``[lo, hi]`` and a signed ``C gain``; md also leaves out the
+    settings / seeds / run ids, which csv and html keep. Other frames are returned as they are."""
+    metric_cols = df.attrs.get(METRIC_COLUMNS_ATTR)
+    if not metric_cols:
+        return display(df)
+    shown = display(df)
+    formats = df.attrs.get(COLUMN_FORMATS_ATTR) or {}
+    damaged = set(df.attrs.get(DAMAGED_CELLS_ATTR) or ())
+    out: dict[str, list[str]] = {}
+    for col in df.columns:
+        base = next((c for c in metric_cols if col.startswith(c) and col[len(c):] in SPREAD_SUFFIXES), None)
+        if base is not None or (fmt == "md" and col in MD_HIDDEN):
+            continue
+        if col not in metric_cols:
+            out[col] = shown[col].tolist()
+            if col.endswith(" gain"):
+                out[col] = ["" if pd.isna(v) else f"{v:+.1f}" for v in df[col].tolist()]
+            continue
+        fmt_hint = formats.get(col)
+        dec: int | str | None = 1 if fmt_hint == "pct" else "sig4" if fmt_hint == "sig4" else decimals(str(col))
+        cells, cis = [], []
+        for i, (mean, sd, lo, hi, best) in enumerate(zip(df[col], df[f"{col} sd"], df[f"{col} lo"], df[f"{col} hi"], df[f"{col} best"])):
+            if (i, col) in damaged:
+                cells.append(DAMAGED_TEXT)
+                cis.append("")
+                continue
+            cell = fmt_cell(mean, dec, False)
+            if cell and none_if_na(sd) is not None:
+                cell += f" ± {fmt_cell(sd, dec, False)}"
+            cells.append(cell + (BEST_MARK if cell and bool(best) else ""))
+            known = none_if_na(lo) is not None and none_if_na(hi) is not None
+            cis.append(f"[{fmt_cell(lo, dec, False)}, {fmt_cell(hi, dec, False)}]" if cell and known else "")
+        out[col] = cells
+        out[f"{col} 95% CI"] = cis
+    return pd.DataFrame(out, dtype=object)
+
+
 def render(df: pd.DataFrame, fmt: str) -> str:
     """Render a leaderboard/table frame as markdown, CSV or HTML (see the module docstring)."""
     if fmt not in RENDER_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(RENDER_FORMATS)}")
     if fmt == "csv":
         return df.to_csv(index=False)
-    shown = display(df)
+    shown = readable(df, fmt)
     if fmt == "html":
         return shown.to_html(index=False, na_rep="")
     colalign = [
-        "right" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) else "left"
-        for c in df.columns
+        "right" if c not in df.columns or (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
+        else "left"
+        for c in shown.columns
     ]
     # disable_numparse: cells are already formatted; tabulate would turn "80.0" into "80".
     return shown.to_markdown(index=False, disable_numparse=True, colalign=colalign)

@@ -14,7 +14,7 @@ from pathlib import Path
 from .records import RUN_STATUSES
 from .store_errors import OTHER_FILE_FIX, ResultsStoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Tables every ssl-bench results file has (any schema version).
 OUR_TABLES: tuple[str, ...] = ("schema_version", "runs", "metrics")
 
@@ -45,7 +45,8 @@ def runs_table_sql(name: str = "runs") -> str:
     created_at TEXT NOT NULL,
     finished_at TEXT,
     pid INTEGER,
-    host TEXT
+    host TEXT,
+    variant_json TEXT
 )"""
 
 
@@ -131,12 +132,19 @@ def prepare_for_writing(cur: sqlite3.Cursor, path: Path) -> int:
 def migrate(cur: sqlite3.Cursor, path: Path, version: int) -> None:
     """Bring an older file to :data:`SCHEMA_VERSION` inside the caller's transaction.
 
+    v2 -> v3 adds the ``variant_json`` column (a run's row identity: its label and the settings that
+    differ from its method's defaults); older runs read it as NULL, the method's default configuration.
     v1 -> v2 adds the ``interrupted`` status and the ``pid`` / ``host`` columns. SQLite cannot alter
     a CHECK constraint, so ``runs`` is rebuilt (SQLite's documented 12-step recipe): copy into a new
     table keeping ids, drop, rename, recreate the indexes, keep the AUTOINCREMENT high-water mark
     (ids of deleted runs are never reused), and verify no foreign key broke. Metrics rows are not
     touched; their ``run_id`` keeps pointing at the same ids.
     """
+    if version == 2:
+        cur.execute("ALTER TABLE runs ADD COLUMN variant_json TEXT")
+        cur.execute("DELETE FROM schema_version")
+        cur.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
+        return
     if version != 1:
         raise ResultsStoreError(
             f"{path} has results schema version {version}, which this ssl-bench cannot migrate. "

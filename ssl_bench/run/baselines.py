@@ -32,6 +32,7 @@ from ssl_bench.run.ledger import claim_run_dir, recording, run_record
 from ssl_bench.run.resume import CHECKPOINT_NAME, comparable
 from ssl_bench.run.runs import Checked, RunOutcome, check_run
 from ssl_bench.run.score import Subject, flat_metrics, score, summary
+from ssl_bench.run.variant import baseline_variant
 from ssl_bench.train.checkpoint import load_checkpoint
 from ssl_bench.distributed import DistContext, broadcast_object
 
@@ -44,7 +45,8 @@ WAIT_FOR_OTHER_S = 24 * 3600.0
 def baseline_identity(cfg: Any, label: str, own: str | None) -> str:
     """What decides a baseline's numbers: the same identity means the same baseline (reused, not re-run)."""
     data = comparable(cfg)
-    keep = {k: data.get(k) for k in ("dataset", "backbone", "eval", "seed", "deconstruct")}
+    keys = ("dataset", "backbone", "eval", "deconstruct") + (() if label == "pixels" else ("seed",))  # pixels: no randomness
+    keep = {k: data.get(k) for k in keys}
     if own is not None:
         keep["method"] = data.get("method")
     return json.dumps({"baseline": label, **keep}, sort_keys=True)
@@ -105,7 +107,7 @@ def run_baseline(
     own = method if name == "random-init" and method is not None and getattr(registry.get("method", method), "own_random_init", False) else None
     label = f"random-init:{own}" if own else name
     checked = checked or check_run(cfg, registry, dataset)
-    claim = _claim(store, cfg, label, own, device) if ctx.is_main else None
+    claim = _claim(store, cfg, label, own, device, baseline_variant(name, cfg, own, registry)) if ctx.is_main else None
     run_id, run_dir, reused = broadcast_object(claim, ctx) or (None, None, False)
     if reused:
         return _reused(store, label, run_id, ctx)
@@ -122,7 +124,7 @@ def run_baseline(
     return RunOutcome(label, run_dir, run_id, metrics)
 
 
-def _claim(store: Any, cfg: Any, label: str, own: str | None, device: torch.device) -> tuple[int, str, bool]:
+def _claim(store: Any, cfg: Any, label: str, own: str | None, device: torch.device, variant: dict[str, Any]) -> tuple[int, str, bool]:
     """(run id, run dir, reused): this process's claim on the baseline, or the stored one to reuse.
 
     A baseline another live process is scoring is waited for; if that process fails, it is claimed
@@ -131,7 +133,7 @@ def _claim(store: Any, cfg: Any, label: str, own: str | None, device: torch.devi
     same = _same_baseline(label, own, identity)
     while True:
         run_dir = claim_run_dir(cfg, label.replace(":", "-"))
-        record = run_record(cfg, label, run_dir, device, epochs=0, is_baseline=True)
+        record = run_record(cfg, label, run_dir, device, epochs=0, is_baseline=True, variant=variant)
         try:
             run_id, status = store.claim_run(record, same)
         except BaseException:

@@ -68,12 +68,15 @@ class StoreOnUse:
 
 def run_record(
     cfg: Any, method: str, run_dir: Path, device: Any, *, epochs: int, is_baseline: bool = False, uses_labels: bool = False,
+    variant: dict[str, Any] | None = None,
 ) -> RunRecord:
     """The row of a new run (``running``, owned by this process). The run directory is recorded as
-    an absolute path, so the run is found again from any working directory."""
+    an absolute path, so the run is found again from any working directory. ``variant``: its row
+    identity (``ssl_bench.run.variant``)."""
     return RunRecord(
         method=method, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(Path(run_dir).resolve()),
         config_json=config_to_json(cfg), seed=cfg.seed, git_commit=git_commit(), versions_json=package_versions(),
+        variant_json=variant,
         epochs=epochs, batch_size=None if is_baseline else cfg.train.batch_size, device=str(device),
         uses_labels=uses_labels, is_baseline=is_baseline,
     )

@@ -40,6 +40,7 @@ from ssl_bench.run.resume import (
     stored_config,
 )
 from ssl_bench.run.score import Subject, flat_metrics, score, summary, write_metrics_json
+from ssl_bench.run.variant import variant_of
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.epoch_log import RunLogHandler
 from ssl_bench.train.loop import train
@@ -127,7 +128,8 @@ def run_method(
             handler = _attach_logfile(run_dir)
             if run_id is None:
                 run_id = store.add_run(run_record(cfg, method, run_dir, ctx.device, epochs=cfg.train.epochs,
-                                                  uses_labels=bool(getattr(model, "uses_labels", False))))
+                                                  uses_labels=bool(getattr(model, "uses_labels", False)),
+                                                  variant=variant_of(cfg, method, registry)))
             elif not finished_before:
                 store.update_run(run_id, status="running")  # re-claims it for this process
         except BaseException:  # a run that could not even be recorded leaves no directory behind

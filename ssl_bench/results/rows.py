@@ -1,0 +1,110 @@
+"""The leaderboard's rows: one per configuration, holding the latest finished run of each seed.
+
+A configuration is a method, its row identity (the settings that differ from the method's defaults,
+recorded with every run), the backbone, the dataset and the data / probe settings. Its runs share
+everything but the seed. A run scored only on a validation split (a sweep's grid point that was not
+selected) has no test number, so it has no place in the table; ``ssl-bench leaderboard --runs``
+lists it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .queries import LatestRun, knn_top1_k20, latest_finished
+from .records import BASELINE_METHOD_NAMES
+from .settings import Settings
+from .store import ResultsStore
+
+#: Metric names of a validation-split score (``ssl-bench sweep``): never shown as test numbers.
+VAL_PREFIX = "val_"
+
+
+def scored_on_test(e: LatestRun) -> bool:
+    """Whether the run has a number for the test split (a run with no metrics at all counts: it is
+    shown with empty cells rather than hidden)."""
+    return not e.metrics or any(not name.startswith(VAL_PREFIX) for name in e.metrics)
+
+
+@dataclass
+class ConfigRow:
+    """One configuration and its runs, one per seed, ordered by seed."""
+
+    label: str
+    method: str
+    backbone: str | None
+    dataset: str | None
+    data: Settings
+    settings: dict[str, Any]
+    runs: list[LatestRun] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> bool:
+        first = self.runs[0]
+        return first.is_baseline or self.method in BASELINE_METHOD_NAMES
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return [None if e.seed is None else int(e.seed) for e in self.runs]
+
+    @property
+    def run_ids(self) -> list[int]:
+        return [e.run_id for e in self.runs]
+
+    @property
+    def epochs(self) -> int | None:
+        return self.runs[0].epochs
+
+    def values(self, metric: str) -> list[float]:
+        """The metric's value in each run that has one (``knn_top1`` is the k=20 number)."""
+        out = []
+        for e in self.runs:
+            v = knn_top1_k20(e.metrics, e.protocols) if metric == "knn_top1" else e.metrics.get(metric)
+            if v is not None:
+                out.append(float(v))
+        return out
+
+    def n_test(self, metric: str) -> int | None:
+        """How many test images the metric was scored on (from its protocol record), if recorded."""
+        name = "knn_top1" if metric.startswith("knn_top1") else metric
+        for e in self.runs:
+            n = (e.protocols.get(name) or e.protocols.get(metric) or {}).get("n_test")
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+                return n
+        return None
+
+    def damaged(self, metric: str) -> bool:
+        return any(metric in e.damaged for e in self.runs)
+
+    def settings_text(self) -> str:
+        """Every setting that differs from the method's defaults, ``key=value`` joined by ``; ``."""
+        return "; ".join(f"{k}={json.dumps(v)}" for k, v in sorted(self.settings.items()))
+
+
+def configuration_rows(
+    store: ResultsStore, dataset: str | None = None, backbone: str | None = None, *, with_val_only: bool = False,
+) -> list[ConfigRow]:
+    """The configurations in ``store`` (of one dataset / backbone if given), each with its seeds.
+
+    Two configurations that were given the same ``--name`` but differ in their settings stay two
+    rows; the label of the later one says which run it starts with (``name #12``).
+    """
+    groups: dict[tuple[Any, ...], ConfigRow] = {}
+    for e in sorted(latest_finished(store, dataset, backbone), key=lambda e: (e.seed is None, e.seed or 0, e.run_id)):
+        if not with_val_only and not scored_on_test(e):
+            continue
+        key = (e.method, e.variant, e.variant_settings, e.backbone, e.dataset, e.data)
+        if key not in groups:
+            groups[key] = ConfigRow(e.variant or e.method, e.method, e.backbone, e.dataset, e.data, json.loads(e.variant_settings))
+        groups[key].runs.append(e)
+    rows = list(groups.values())
+    taken: dict[tuple[Any, ...], set[str]] = {}
+    for row in sorted(rows, key=lambda r: min(r.run_ids)):
+        where = (row.backbone, row.dataset, row.data, row.epochs)
+        seen = taken.setdefault(where, set())
+        if row.label in seen:
+            row.label = f"{row.label} #{min(row.run_ids)}"
+        seen.add(row.label)
+    return rows
