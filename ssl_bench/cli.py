@@ -22,6 +22,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssl_bench")
 
 
+def run_seeds(args: argparse.Namespace) -> list[int | None]:
+    """The seeds ``run`` trains: ``--seeds`` (each its own run of every method), else ``--seed``
+    (None: the config's own)."""
+    if args.seeds is None:
+        return [args.seed]
+    if args.seed is not None:
+        raise SSLBenchError("--seed and --seeds both given; use --seeds 0 1 2 for several seeds, or --seed N for one")
+    seeds = list(dict.fromkeys(args.seeds))
+    if any(s < 0 for s in seeds):
+        raise SSLBenchError(f"--seeds must be non-negative integers, got {' '.join(map(str, args.seeds))}")
+    if args.resume and len(seeds) > 1:
+        raise SSLBenchError("--resume continues one run per method; resume each seed's run with --resume RUN_DIR")
+    return seeds
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ssl_bench.registry import get_registry
     from ssl_bench.results import build_leaderboard, render
@@ -31,39 +46,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = get_registry()
     for m in args.methods:  # fail before any training if one name is wrong
         registry.get("method", m)
-    cli = {
-        "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
-        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "seed": args.seed,
-        "train.device": args.device, "out": args.out,
-    }
-    layers = dict(user_config=args.config, cli=cli, set_items=args.set or ())
-    if args.resume:
-        cfgs = {m: resume_config(m, registry, args.resume, **layers) for m in args.methods}
-    else:
-        cfgs = {m: method_config(m, registry, **layers) for m in args.methods}
-    first = cfgs[args.methods[0]]
+    configs = []  # (method, seed, config) in the order they run: every method of one seed, then the next seed
+    for seed in run_seeds(args):
+        cli = {
+            "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
+            "train.epochs": args.epochs, "train.batch_size": args.batch_size, "seed": seed,
+            "train.device": args.device, "out": args.out, "name": args.name,
+        }
+        layers = dict(user_config=args.config, cli=cli, set_items=args.set or ())
+        for m in args.methods:
+            cfg = resume_config(m, registry, args.resume, **layers) if args.resume else method_config(m, registry, **layers)
+            configs.append((m, seed, cfg))
+    first = configs[0][2]
     registry.get("backbone", first.backbone.name)
-    checked, dataset = {}, None
-    for m, cfg in cfgs.items():  # the dataset loaded once, checked for every method's config
-        checked[m] = check_run(cfg, registry, dataset)
-        dataset = checked[m].dataset
+    checked, dataset = [], None
+    for _, _, cfg in configs:  # the dataset loaded once, checked for every config
+        checked.append(check_run(cfg, registry, dataset))
+        dataset = checked[-1].dataset
     results = results_path(args)
     with distributed_session(first.train.device) as ctx:
         store = recording_store(args, ctx.is_main)  # an existing store is checked now, a new one made on first record
-        run_dirs = {}
-        for method, cfg in cfgs.items():
+        run_dirs = []
+        for (method, seed, cfg), check in zip(configs, checked):
             if ctx.is_main:
-                log.info("== %s on %s, backbone %s, %d epochs, device %s ==", method, cfg.dataset.name, cfg.backbone.name, cfg.train.epochs, ctx.device)
-            run_dirs[method] = run_method(method, cfg, store, ctx, resume=args.resume, registry=registry,
-                                          checked=checked[method], results=results).run_dir
+                log.info("== %s on %s, backbone %s, %d epochs, seed %s, device %s ==", method, cfg.dataset.name, cfg.backbone.name,
+                         cfg.train.epochs, cfg.seed, ctx.device)
+            run_dirs.append(run_method(method, cfg, store, ctx, resume=args.resume, registry=registry, checked=check, results=results).run_dir)
         if not args.no_baselines:  # every rank takes part: each extracts its shard of the features
-            for name in first.eval.baselines:
-                run_baseline(name, first, store, dataset, ctx.device, registry=registry, ctx=ctx, checked=checked[args.methods[0]])
-            if "random-init" in first.eval.baselines:  # methods whose own untrained network is the honest baseline
-                for method, cfg in cfgs.items():
-                    if getattr(registry.get("method", method), "own_random_init", False):
-                        run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method, ctx=ctx,
-                                     tokenizer_from=run_dirs[method], checked=checked[method])
+            for i, (method, seed, cfg) in enumerate(configs):
+                # the plain baselines once per seed (pixels has no seed: its one run is reused), with the first method's config
+                for name in cfg.eval.baselines if method == args.methods[0] else ():
+                    run_baseline(name, cfg, store, dataset, ctx.device, registry=registry, ctx=ctx, checked=checked[i])
+                if "random-init" in cfg.eval.baselines and getattr(registry.get("method", method), "own_random_init", False):
+                    run_baseline("random-init", cfg, store, dataset, ctx.device, registry=registry, method=method, ctx=ctx,
+                                 tokenizer_from=run_dirs[i], checked=checked[i])
         if not ctx.is_main:
             return 0
     table = build_leaderboard(store, dataset=first.dataset.name, backbone=first.backbone.name)
@@ -153,6 +169,11 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--config", help="an mmengine Config python file overriding the method's defaults")
     run.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. --set train.blr=1e-3 method.corruption.mask_ratio=0.6")
     run.add_argument("--seed", type=int, help="random seed (default 0); same seed, same device -> same metrics")
+    run.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                     help="train every METHOD once per seed (e.g. --seeds 0 1 2); the leaderboard shows each configuration's "
+                          "mean, sd and 95%% interval over its seeds")
+    run.add_argument("--name", help="the leaderboard label of this configuration (default: the method name plus the "
+                                    "settings that differ from its defaults); a name never merges two configurations")
     run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                      help="continue the latest run of each method (or RUN_DIR) from its last checkpoint")

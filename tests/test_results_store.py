@@ -297,8 +297,8 @@ def test_table4_layout_paper_numbers_and_notes(store: ResultsStore) -> None:
 
     df = build_table4(store)
     assert df["method"].tolist() == ["mocov3", "mae", "ldae", "pixels"]
-    assert list(df.columns) == ["method", "vit-b ours", "vit-b paper", "vit-l ours", "vit-l paper",
-                                "resnet-18 ours", "resnet-18 paper", "notes"]
+    assert list(df.columns) == ["method"] + [f"{bb} {w}" for bb in ("vit-b", "vit-l", "resnet-18")
+                                             for w in ("ours", "ours sd", "n", "paper")] + ["notes"]
     t = df.set_index("method")
     for method, (vit_b, vit_l) in PAPER_TABLE4_TOP1.items():
         assert (t.loc[method, "vit-b paper"], t.loc[method, "vit-l paper"]) == (vit_b, vit_l)
@@ -315,6 +315,15 @@ def test_table4_layout_paper_numbers_and_notes(store: ResultsStore) -> None:
     md = render(df, "md")
     assert "81.2" in md and "68.0" in md and "76.7" in md and "75.0" in md
     assert "paper: ImageNet-1k, 1600 ep" in md
+
+
+def test_table4_shows_mean_and_sd_of_the_seeds(store: ResultsStore) -> None:
+    for seed, top1 in enumerate((0.60, 0.64, 0.65)):
+        _finished(store, "mae", dataset="imagenet-1k", epochs=1600, linear=top1, seed=seed)
+    t = build_table4(store).set_index("method")
+    assert (t.loc["mae", "vit-b ours"], t.loc["mae", "vit-b ours sd"], t.loc["mae", "vit-b n"]) == (63.0, 2.6, 3)  # sd 0.02646
+    md = render(build_table4(store), "md")
+    assert "63.0 ± 2.6" in md and "ours sd" not in md
 
 
 def test_table4_per_backbone_notes(store: ResultsStore) -> None:

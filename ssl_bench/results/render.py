@@ -89,7 +89,7 @@ def readable(df: pd.DataFrame, fmt: str) -> pd.DataFrame:
     settings / seeds / run ids, which csv and html keep. Other frames are returned as they are."""
     metric_cols = df.attrs.get(METRIC_COLUMNS_ATTR)
     if not metric_cols:
-        return display(df)
+        return fold_sd(df, display(df))
     shown = display(df)
     formats = df.attrs.get(COLUMN_FORMATS_ATTR) or {}
     damaged = set(df.attrs.get(DAMAGED_CELLS_ATTR) or ())
@@ -120,6 +120,16 @@ def readable(df: pd.DataFrame, fmt: str) -> pd.DataFrame:
         out[col] = cells
         out[f"{col} 95% CI"] = cis
     return pd.DataFrame(out, dtype=object)
+
+
+def fold_sd(df: pd.DataFrame, shown: pd.DataFrame) -> pd.DataFrame:
+    """Fold every ``C sd`` column into ``C`` as ``mean ± sd`` (the Table-4 layout's seeds)."""
+    for col in [c for c in df.columns if f"{c} sd" in df.columns]:
+        sds = df[f"{col} sd"].tolist()
+        shown[col] = [cell + (f" ± {float(sd):.1f}" if cell and cell != DAMAGED_TEXT and none_if_na(sd) is not None else "")
+                      for cell, sd in zip(shown[col].tolist(), sds)]
+        shown = shown.drop(columns=[f"{col} sd"])
+    return shown
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:

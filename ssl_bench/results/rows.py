@@ -13,11 +13,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
 from .queries import LatestRun, knn_top1_k20, latest_finished
 from .records import BASELINE_METHOD_NAMES
 from .settings import Settings
 from .store import ResultsStore
 
+#: The per-run accuracies ``--runs`` lists (test, then the validation ones a sweep scores).
+RUN_METRICS: tuple[str, ...] = ("knn_top1", "linear_top1", "val_knn_top1", "val_linear_top1")
 #: Metric names of a validation-split score (``ssl-bench sweep``): never shown as test numbers.
 VAL_PREFIX = "val_"
 
@@ -108,3 +112,28 @@ def configuration_rows(
             row.label = f"{row.label} #{min(row.run_ids)}"
         seen.add(row.label)
     return rows
+
+
+def runs_table(store: ResultsStore, dataset: str | None = None, backbone: str | None = None) -> pd.DataFrame:
+    """``ssl-bench leaderboard --runs``: the runs behind each row, one line per run (seed), sweep
+    runs scored only on validation included (``validation only`` is True for them).
+
+    Accuracies in percent; ``val_*`` columns hold validation-split numbers, never test ones.
+    """
+    records = []
+    for row in sorted(configuration_rows(store, dataset, backbone, with_val_only=True), key=lambda r: min(r.run_ids)):
+        for e in row.runs:
+            rec: dict[str, Any] = {"row": row.label, "backbone": e.backbone, "dataset": e.dataset, "epochs": e.epochs,
+                                   "seed": e.seed, "run_id": e.run_id}
+            for name in RUN_METRICS:
+                v = knn_top1_k20(e.metrics, e.protocols) if name == "knn_top1" else e.metrics.get(name)
+                rec[name] = None if v is None else round(100.0 * float(v), 2)
+            rec["validation only"] = not scored_on_test(e)
+            rec["run_dir"] = e.run_dir
+            records.append(rec)
+    df = pd.DataFrame(records, columns=["row", "backbone", "dataset", "epochs", "seed", "run_id", *RUN_METRICS, "validation only", "run_dir"])
+    for col in ("epochs", "seed", "run_id"):
+        df[col] = df[col].astype("Int64")
+    for col in RUN_METRICS:
+        df[col] = df[col].astype("float64")
+    return df

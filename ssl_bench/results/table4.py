@@ -13,8 +13,10 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from .columns import DAMAGED_CELLS_ATTR
-from .queries import LatestRun, equals_int, latest_finished
+from .queries import LatestRun, equals_int
 from .records import BASELINE_METHOD_NAMES
+from .rows import ConfigRow, configuration_rows
+from .stats import mean_sd
 from .store import ResultsStore
 
 #: l-DAE paper, Table 4: ImageNet-1k linear-probe top-1 (%).
@@ -131,14 +133,18 @@ def _ordered(first: Iterable[str], present: Iterable[str], key: Callable[[str], 
 def build_table4(store: ResultsStore) -> pd.DataFrame:
     """Our linear top-1 next to the paper's Table 4, one row per method.
 
-    Columns: ``method``, then ``<backbone> ours`` / ``<backbone> paper`` for vit-b, vit-l and any other
-    backbone present, then ``notes``. A note is written whenever our dataset, epochs or backbone
+    Columns: ``method``, then ``<backbone> ours`` (the mean over the seeds of the chosen
+    configuration), ``<backbone> ours sd`` (n >= 2), ``<backbone> n`` and ``<backbone> paper`` for
+    vit-b, vit-l and any other backbone present, then ``notes``. md / html show ``mean ± sd``. A note is written whenever our dataset, epochs or backbone
     differ from the paper's. A damaged stored linear top-1 is NaN, listed in
     ``df.attrs["damaged_cells"]``.
     """
     by_key: dict[tuple[str, str], list[LatestRun]] = {}
-    for e in latest_finished(store):
-        by_key.setdefault((canon_method(e.method), canon_backbone(e.backbone)), []).append(e)
+    row_of: dict[int, ConfigRow] = {}  # run id -> its configuration (the seeds beside it)
+    for r in configuration_rows(store):
+        for e in r.runs:
+            row_of[e.run_id] = r
+            by_key.setdefault((canon_method(e.method), canon_backbone(e.backbone)), []).append(e)
     methods = _ordered(PAPER_TABLE4, (m for m, _ in by_key), key=lambda m: (m not in BASELINE_METHOD_NAMES, m))
     backbones = _ordered(PAPER_BACKBONES, (b for _, b in by_key), key=str)
 
@@ -151,8 +157,11 @@ def build_table4(store: ResultsStore) -> pd.DataFrame:
         for bb in backbones:
             e = pick(by_key.get((method, bb), []))
             n_runs += e is not None
-            lin = None if e is None else e.linear()
-            row[f"{bb} ours"] = None if lin is None else round(100.0 * lin, 1)
+            seeds = [] if e is None else row_of[e.run_id].values("linear_top1")  # every seed of the picked configuration
+            mean, sd = mean_sd(seeds) if seeds else (None, None)
+            row[f"{bb} ours"] = None if mean is None else round(100.0 * mean, 1)
+            row[f"{bb} ours sd"] = None if sd is None else round(100.0 * sd, 1)
+            row[f"{bb} n"] = len(seeds)
             if e is not None and "linear_top1" in e.damaged:
                 damaged.append((i, f"{bb} ours"))
             row[f"{bb} paper"] = PAPER_TABLE4.get(method, {}).get(bb)
@@ -166,9 +175,9 @@ def build_table4(store: ResultsStore) -> pd.DataFrame:
         else:
             row["notes"] = " | ".join(f"{bb}: {n}" for bb, n in notes)
         rows.append(row)
-    columns = ["method"] + [f"{bb} {w}" for bb in backbones for w in ("ours", "paper")] + ["notes"]
+    columns = ["method"] + [f"{bb} {w}" for bb in backbones for w in ("ours", "ours sd", "n", "paper")] + ["notes"]
     df = pd.DataFrame(rows, columns=columns)
     for col in columns[1:-1]:
-        df[col] = df[col].astype("float64")
+        df[col] = df[col].astype("Int64" if col.endswith(" n") else "float64")
     df.attrs[DAMAGED_CELLS_ATTR] = damaged
     return df
