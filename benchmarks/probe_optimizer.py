@@ -63,8 +63,9 @@ def main() -> None:
         path.write_text(
             f"# Linear-probe optimiser on {args.dataset}: LARS vs SGD (pixels baseline)\n\n"
             f"- date: {today}\n- device: {device_description(device)}\n- torch: {torch.__version__}\n"
-            f"- seeds: {' '.join(map(str, args.seeds))} (the probe's seed: head init and shuffles; pixels are deterministic)\n"
-            f"- command: `python {' '.join(sys.argv)}`\n\n{table}\n"
+            f"- seeds: {' '.join(map(str, args.seeds))} (the probe's seed: head init and shuffles; "
+            "pixels are deterministic)\n"
+            f"- command: `OMP_NUM_THREADS={torch.get_num_threads()} python {' '.join(sys.argv)}`\n\n{table}\n"
         )
         print(f"saved {path}")
 
