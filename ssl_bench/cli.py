@@ -129,15 +129,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ssl_bench.results import ResultsStore, build_leaderboard, build_table4, render
 
+    from ssl_bench.results.plot import leaderboard_outputs
+    from ssl_bench.results.rows import runs_table
+
     path = existing_results(args)
     store = ResultsStore(path, readonly=True)  # reading never writes: works on read-only media
+    if args.plot and (args.layout == "table4" or args.runs):
+        raise SSLBenchError("--plot draws the configuration rows; leave out --layout table4 / --runs to draw them")
     if args.layout == "table4":
         table = build_table4(store)
+    elif args.runs:
+        table = runs_table(store, dataset=args.dataset, backbone=args.backbone)
     else:
         table = build_leaderboard(store, dataset=args.dataset, backbone=args.backbone)
-        if table.empty and (args.dataset or args.backbone):
-            raise SSLBenchError(_nothing_for(store, path, args.dataset, args.backbone))
-    text = render(table, args.format)
+    if table.empty and (args.dataset or args.backbone):
+        raise SSLBenchError(_nothing_for(store, path, args.dataset, args.backbone))
+    text, _ = leaderboard_outputs(table, args.format, args.plot) if args.layout == "runs" and not args.runs else (render(table, args.format), None)
     if args.output:
         Path(args.output).write_text(text)
     print(text)
@@ -199,12 +206,19 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=cmd_eval)
 
     lb = sub.add_parser("leaderboard", help="render the results store as a table",
-                        description="Latest finished run per method/backbone/dataset, baselines first.")
+                        description="One row per configuration (method + the settings that differ from its defaults), "
+                                    "the mean ± sd over its seeds with a 95%% interval, baselines first. A * marks the rows "
+                                    "that cannot be told apart from the best of a column.")
     lb.add_argument("--format", default="md", choices=["md", "csv", "html"])
     lb.add_argument("--layout", default="runs", choices=["runs", "table4"], help="table4: methods x backbones beside the paper's numbers")
     lb.add_argument("--dataset")
     lb.add_argument("--backbone")
     lb.add_argument("--output", help="also write the table to this file")
+    lb.add_argument("--runs", action="store_true",
+                    help="list the runs behind each row (one line per seed), sweep runs scored on validation only included")
+    lb.add_argument("--plot", metavar="FILE.png",
+                    help="also draw each row's mean with its 95%% interval, one panel per metric, baselines as reference lines "
+                         "(the html table embeds the same figure)")
     add_output_options(lb)
     lb.set_defaults(func=cmd_leaderboard)
 

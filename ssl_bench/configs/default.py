@@ -46,7 +46,8 @@ eval = dict(
     knn=dict(ks=(10, 20, 100, 200), temperature=0.07, backend="auto"),
     # MAE's probe head (BatchNorm without affine + Linear), 90 epochs, warm-up 10. Optimiser: SGD
     # (momentum 0.9, blr 0.1) because LARS with trust 0.001 barely moves the head in the few hundred
-    # iterations a small dataset gives (digits pixels: 39.7% LARS vs 96.7% SGD). The Table-4
+    # iterations a small dataset gives (digits pixels, 3 seeds: benchmarks/results/
+    # probe_optimizer_digits-2026-12-05-cpu.md). The Table-4
     # recipes in benchmarks/table4/ set optimizer="lars" as MAE does at ImageNet scale.
     # protocol: "cached" trains the head on the cached centre-crop features (cheap; small data);
     # "augmented" is MAE's own probe data: the frozen encoder's features of RandomResizedCrop

@@ -12,6 +12,8 @@ always regenerated from it rather than edited by hand. One module per reason to 
 * :mod:`.queries` - finished runs, metrics per run, latest finished per comparison, datasets present;
 * :mod:`.settings` - the data / probe settings that keep runs apart;
 * :mod:`.leaderboard`, :mod:`.table4` - the two tables; :mod:`.render` - md / csv / html.
+* :mod:`.plot` - the figures (the leaderboard's intervals, the chain beside the paper); imported on
+  its own (``from ssl_bench.results.plot import ...``) so that reading the store never loads matplotlib.
 """
 
 from .columns import BUILTIN_EVALUATORS, HEADLINE_METRICS, KNN_COL, LINEAR_COL

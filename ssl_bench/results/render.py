@@ -8,6 +8,8 @@ interval in a column of its own (see :func:`readable`).
 
 from __future__ import annotations
 
+import base64
+import html as html_text
 import math
 from typing import Any
 
@@ -132,15 +134,29 @@ def fold_sd(df: pd.DataFrame, shown: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """Render a leaderboard/table frame as markdown, CSV or HTML (see the module docstring)."""
+def render_html_with_figure(table_html: str, png: bytes, alt: str = "leaderboard: each row's mean and 95% interval") -> str:
+    """The html table with ``png`` above it as an ``<img>`` whose source is a base64 data URI, so the
+    page is one self-contained file (nothing to keep beside it)."""
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return f'<figure><img src="{uri}" alt="{html_text.escape(alt)}"></figure>\n{table_html}'
+
+
+def render(df: pd.DataFrame, fmt: str, figure: bytes | None = None) -> str:
+    """Render a leaderboard/table frame as markdown, CSV or HTML (see the module docstring).
+
+    ``figure`` (PNG bytes) is embedded above an html table; md and csv are text only, so a figure
+    there is refused rather than dropped without a word.
+    """
     if fmt not in RENDER_FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(RENDER_FORMATS)}")
+    if figure is not None and fmt != "html":
+        raise ValueError(f"a figure is embedded only in html, not {fmt}; write it to a file instead (--plot FILE.png)")
     if fmt == "csv":
         return df.to_csv(index=False)
     shown = readable(df, fmt)
     if fmt == "html":
-        return shown.to_html(index=False, na_rep="")
+        table = shown.to_html(index=False, na_rep="")
+        return table if figure is None else render_html_with_figure(table, figure)
     colalign = [
         "right" if c not in df.columns or (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
         else "left"
