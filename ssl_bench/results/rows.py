@@ -19,6 +19,11 @@ from .queries import LatestRun, knn_top1_k20, latest_finished
 from .records import BASELINE_METHOD_NAMES
 from .settings import Settings
 from .store import ResultsStore
+from .store_errors import ResultsStoreError
+
+class RowNotFoundError(ResultsStoreError):
+    """A row asked for by name or run id is not in the store, or is not one row."""
+
 
 #: The per-run accuracies ``--runs`` lists (test, then the validation ones a sweep scores).
 RUN_METRICS: tuple[str, ...] = ("knn_top1", "linear_top1", "val_knn_top1", "val_linear_top1")
@@ -137,3 +142,23 @@ def runs_table(store: ResultsStore, dataset: str | None = None, backbone: str | 
     for col in RUN_METRICS:
         df[col] = df[col].astype("float64")
     return df
+
+
+def find_row(store: ResultsStore, spec: str, dataset: str | None = None, backbone: str | None = None) -> ConfigRow:
+    """The configuration row ``spec`` names: a row label as the leaderboard shows it, or the id of any
+    run of it. An unknown or ambiguous spec is one line listing what there is."""
+    rows = configuration_rows(store, dataset, backbone)
+    if spec.isdigit():
+        hits = [r for r in rows if int(spec) in r.run_ids]
+    else:
+        hits = [r for r in rows if r.label == spec]
+    if len(hits) == 1:
+        return hits[0]
+    where = "".join(f" {k} {v!r}" for k, v in (("dataset", dataset), ("backbone", backbone)) if v)
+    if not hits:
+        labels = sorted({r.label for r in rows})
+        shown = ", ".join(repr(x) for x in labels[:12]) + (f" and {len(labels) - 12} more" if len(labels) > 12 else "")
+        raise RowNotFoundError(f"no leaderboard row {spec!r}{' for' + where if where else ''}; rows there: {shown or 'none'}. "
+                               "Fix: pass a row label as the leaderboard prints it, or the id of one of its runs")
+    places = "; ".join(f"{r.dataset}/{r.backbone}, {r.epochs} epochs (runs {','.join(map(str, r.run_ids))})" for r in hits)
+    raise RowNotFoundError(f"{spec!r} names {len(hits)} rows ({places}). Fix: add --dataset / --backbone, or pass a run id")
