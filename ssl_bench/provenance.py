@@ -1,4 +1,4 @@
-"""Where a number came from: git commit and package versions, stored with every run."""
+"""Where a number came from: git commit, package versions and torch's thread count, stored with every run."""
 
 from __future__ import annotations
 
@@ -27,3 +27,16 @@ def package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             continue
     return versions
+
+
+def torch_num_threads() -> int:
+    """``torch.get_num_threads()``: intra-op threads change the order of floating-point sums, so
+    metrics are byte-identical only for the same config, seed, machine *and* thread count."""
+    import torch  # the ground floor imports torch only when asked
+
+    return int(torch.get_num_threads())
+
+
+def run_versions() -> dict[str, str | int]:
+    """A run's ``versions_json``: :func:`package_versions` plus ``torch_num_threads``."""
+    return {**package_versions(), "torch_num_threads": torch_num_threads()}

@@ -116,6 +116,14 @@ def test_deterministic_for_a_seed_and_leaves_the_global_rng(digits, model_and_te
     assert a.metrics == b.metrics and a.protocol == b.protocol
     other = _probe(digits, model_and_test, seed=6)
     assert other.metrics != a.metrics
+    assert torch.equal(a.predictions["linear_top1"], b.predictions["linear_top1"])
+
+
+def test_returns_the_test_predictions_behind_its_accuracy(digits, model_and_test) -> None:
+    res = _probe(digits, model_and_test)
+    preds, test_y = res.predictions["linear_top1"], model_and_test[2]
+    assert set(res.predictions) == {"linear_top1"} and preds.dtype == torch.long and preds.shape == test_y.shape
+    assert (preds == test_y).double().mean().item() == res.metrics["linear_top1"]
 
 
 def test_records_its_protocol(digits, model_and_test) -> None:

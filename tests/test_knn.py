@@ -14,6 +14,7 @@ from ssl_bench.eval.knn import (
     KNNEvaluator,
     KNNProtocol,
     faiss_available,
+    knn_neighbours,
     knn_predict,
     resolve_backend,
 )
@@ -45,6 +46,63 @@ def _reference_knn(train, train_y, test, num_classes, k, T):
         votes = np.bincount(train_y.numpy()[nn], weights=np.exp(sims[nn] / T), minlength=num_classes)
         preds.append(int(np.argmax(votes)))
     return torch.tensor(preds)
+
+
+# --------------------------------------------------------------------------- deterministic ties
+
+
+def test_tied_neighbours_go_to_the_lowest_train_index_on_every_backend():
+    """e0 at train rows 0, 2, 4 and e1 at 1, 3, 5: each query ties three ways at similarity 1 and three
+    ways at 0, so the 1st, 2nd and 4th neighbours (ks 1, 2, 4; the search cut is inside a tie) are
+    decided only by the tie rule: lowest train index first."""
+    e0, e1 = [1.0, 0.0], [0.0, 1.0]
+    train = torch.tensor([e0, e1, e0, e1, e0, e1])  # [6, 2]
+    train_y = torch.tensor([0, 1, 1, 0, 2, 2])
+    test = torch.tensor([e0, e1])  # [2, 2]
+    for b in BACKENDS:
+        for _ in range(2):  # and again: the same answer
+            sims, idx = knn_neighbours(train, test, 4, b)
+            assert idx.tolist() == [[0, 2, 4, 1], [1, 3, 5, 0]], b
+            assert sims.tolist() == [[1.0, 1.0, 1.0, 0.0]] * 2, b
+            preds = knn_predict(train, train_y, test, 3, ks=(1, 2, 4), backend=b)
+            # k=1: labels of rows 0 / 1; k=2: {0, 1} tie -> class 0; k=4: {0, 1, 2, 1} / {1, 0, 2, 0}
+            assert {k: v.tolist() for k, v in preds.items()} == {1: [0, 1], 2: [0, 0], 4: [1, 0]}, b
+
+
+def test_duplicated_train_rows_give_the_same_neighbours_on_every_backend():
+    """Ten Gaussian vectors, each copied to five scattered train rows with different labels: every
+    query's neighbours tie in blocks of five. All backends, twice each, pick the same neighbours: the
+    order (similarity desc, train index asc) of an independent numpy lexsort."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((10, 16)).astype(np.float32)  # [10, D]
+    rows = rng.permutation(np.repeat(np.arange(10), 5))  # [50] which base vector each train row is
+    train = torch.from_numpy(base[rows])  # [50, D]
+    train_y = torch.from_numpy(rng.integers(0, 4, 50)).long()
+    test = torch.from_numpy(np.vstack([base[:4], rng.standard_normal((8, 16)).astype(np.float32)]))  # [12, D]
+    train_n = torch.nn.functional.normalize(train, dim=1)
+    test_n = torch.nn.functional.normalize(test, dim=1)
+    sims = (test_n @ train_n.t()).numpy()  # [12, 50]
+    expected = np.stack([np.lexsort((np.arange(50), -row)) for row in sims])[:, :12]  # [12, 12]
+    for b in BACKENDS:
+        for _ in range(2):
+            _, idx = knn_neighbours(train_n, test_n, 12, b)
+            assert np.array_equal(idx.numpy(), expected), b
+    preds = {b: knn_predict(train, train_y, test, 4, ks=(1, 3, 7, 12), backend=b) for b in BACKENDS}
+    for b in BACKENDS:
+        for k in (1, 3, 7, 12):
+            assert torch.equal(preds[b][k], preds["torch"][k]), (b, k)
+    assert preds["torch"][1].tolist()[:4] == [int(train_y[np.flatnonzero(rows == i)[0]]) for i in range(4)]
+
+
+def test_knn_evaluator_returns_the_predictions_behind_its_accuracies():
+    train, train_y, test, test_y, c = _random_problem(n=100, m=30, c=3)
+    res = KNNEvaluator(ks=(5, 20))(train, train_y, test, test_y, c)
+    assert set(res.predictions) == {"knn_top1", "knn_top1_k5", "knn_top1_k20"}
+    for name, preds in res.predictions.items():
+        assert preds.dtype == torch.long and preds.shape == (30,)
+        assert (preds == test_y).double().mean().item() == res.metrics[name]
+    assert torch.equal(res.predictions["knn_top1"], res.predictions["knn_top1_k20"])
+    assert "predictions" not in res.to_dict()
 
 
 # --------------------------------------------------------------------------- parity

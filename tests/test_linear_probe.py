@@ -65,6 +65,15 @@ def test_deterministic_given_seed():
     assert ra.protocol["seed"] == 3 and ro.protocol["seed"] == 4
 
 
+def test_returns_the_test_predictions_behind_its_accuracy():
+    train, train_y, test, test_y, c = _separable_problem(n=600, m=200)
+    res = LinearProbeEvaluator(LinearProbeProtocol(epochs=3, warmup_epochs=1, batch_size=64), seed=0)(train, train_y, test, test_y, c)
+    preds = res.predictions["linear_top1"]
+    assert set(res.predictions) == {"linear_top1"} and preds.dtype == torch.long and preds.shape == (200,)
+    assert (preds == test_y).double().mean().item() == res.metrics["linear_top1"]
+    assert preds.device.type == "cpu"
+
+
 def test_does_not_touch_global_rng():
     train, train_y, test, test_y, c = _separable_problem(n=200, m=50)
     torch.manual_seed(123)

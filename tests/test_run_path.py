@@ -167,6 +167,12 @@ class _Bad:
             raise ValueError("boom")
         if self.what == "text":
             return "97.5%"
+        if self.what == "float predictions":
+            return EvalResult(metrics={"bad_top1": 0.5}, predictions={"bad_top1": torch.zeros(len(test_y))})
+        if self.what == "predictions of no metric":
+            return EvalResult(metrics={"bad_top1": 0.5}, predictions={"other": torch.zeros(len(test_y), dtype=torch.long)})
+        if self.what == "short predictions":
+            return EvalResult(metrics={"bad_top1": 0.5}, predictions={"bad_top1": torch.zeros(3, dtype=torch.long)})
         return EvalResult(metrics={"bad_top1": self.what}, protocol={"evaluator": "bad"})
 
 
@@ -175,6 +181,9 @@ class _Bad:
     (97.5, "returned metric 'bad_top1' = 97.5: 97.5 is outside [0, 1]"),
     ("text", "returned str '97.5%', not an EvalResult"),
     ("raise", "raised ValueError: boom"),
+    ("float predictions", "returned predictions 'bad_top1' as torch.float32 of shape (128,), not one integer class per test image (128)"),
+    ("short predictions", "returned predictions 'bad_top1' as torch.int64 of shape (3,), not one integer class per test image (128)"),
+    ("predictions of no metric", "returned predictions for 'other', which is not one of its metrics"),
 ])
 def test_a_misbehaving_evaluator_is_one_line_naming_it_and_nothing_is_recorded(tmp_path, tiny_cfg, what, says):
     from ssl_bench.errors import SSLBenchError
@@ -196,7 +205,27 @@ def test_a_misbehaving_evaluator_is_one_line_naming_it_and_nothing_is_recorded(t
     assert "evaluator 'bad' from package 'bad-pkg'" in message and says in message and "\n" not in message
     run = store.get_run(store.runs_frame()["id"].iloc[0])
     assert run.status == "failed" and store.metrics_frame().empty
-    assert not (Path(run.run_dir) / "metrics.json").exists()
+    assert not (Path(run.run_dir) / "metrics.json").exists() and not (Path(run.run_dir) / "predictions.pt").exists()
+
+
+def test_a_plugin_evaluator_without_predictions_is_scored_and_the_builtin_predictions_are_kept(tmp_path, tiny_cfg):
+    from ssl_bench.distributed import DistContext
+    from ssl_bench.eval.predictions import read_predictions
+    from ssl_bench.hookspecs import hookimpl
+    from ssl_bench.registry import build_registry
+    from ssl_bench.results import ResultsStore
+    from ssl_bench.run import run_method
+
+    plain = type("Plain", (_Bad,), {"what": 0.25})  # a valid result without predictions
+    plugin = types.ModuleType("plain_plugin")
+    plugin.ssl_bench_evaluators = hookimpl(lambda: {"bad": plain})
+    registry = build_registry(extra_modules=[("plain-pkg", plugin)])
+    cfg = tiny_cfg("mae", "train.epochs=1", "train.warmup_epochs=0", "eval.evaluators=['knn', 'bad']")
+    out = run_method("mae", cfg, ResultsStore(tmp_path / "results.db"), DistContext(0, 1, 0, CPU), registry=registry)
+    assert out.metrics["bad_top1"] == 0.25
+    preds = read_predictions(out.run_dir)
+    assert preds is not None and set(preds.evaluator_of.values()) == {"knn"} and "bad_top1" not in preds.preds
+    assert preds.accuracy("knn_top1") == out.metrics["knn_top1"] and preds.labels.shape == (128,)
 
 
 # ------------------------------------------------------------------------------ concurrency and the store

@@ -3,6 +3,7 @@
 from ssl_bench.eval.base import EvalInputError, EvalResult, Evaluator
 from ssl_bench.eval.knn import KNNEvaluator, KNNProtocol, knn_predict
 from ssl_bench.eval.linear_probe import LinearProbeEvaluator, LinearProbeProtocol
+from ssl_bench.eval.predictions import PREDICTIONS_NAME, Predictions, read_predictions
 
 __all__ = [
     "EvalInputError",
@@ -12,5 +13,8 @@ __all__ = [
     "KNNProtocol",
     "LinearProbeEvaluator",
     "LinearProbeProtocol",
+    "PREDICTIONS_NAME",
+    "Predictions",
     "knn_predict",
+    "read_predictions",
 ]

@@ -161,7 +161,7 @@ def augmented_linear_probe(
             probe.train_step(f.to(device), y_all.to(device).long())
     if not main:
         return None
-    metrics = probe.metrics(test_feats, test_labels, train_feats, train_labels)
+    metrics, predictions = probe.result(test_feats, test_labels, train_feats, train_labels)
     if evaluator is not None:
         evaluator.last_head = probe.head
     rec = probe_record(
@@ -182,4 +182,4 @@ def augmented_linear_probe(
         "sharding": "each rank encodes rows r::W of every global batch; rank 0 gathers them and trains the head",
         "batchnorm_stats": "global batch",
     })
-    return EvalResult(metrics=metrics, protocol=rec)
+    return EvalResult(metrics=metrics, protocol=rec, predictions=predictions)

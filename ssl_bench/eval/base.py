@@ -8,7 +8,7 @@ be traced back to how it was produced.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -27,13 +27,22 @@ class EvalInputError(SSLBenchError, ValueError):
 
 @dataclass
 class EvalResult:
-    """Metrics (accuracies are fractions in [0, 1]) plus the protocol that produced them."""
+    """Metrics (accuracies are fractions in [0, 1]) plus the protocol that produced them.
+
+    ``predictions`` (optional): metric name -> the predicted class of every test image [M] int64, in
+    the test split's order, for the metrics that are a top-1 accuracy of one set of predictions. The
+    run keeps them beside the features cache (``ssl_bench.eval.predictions``) so two rows can be
+    compared image by image; they never go into ``metrics.json`` or the results store. An evaluator
+    that leaves them out is scored as before, it just cannot be compared pairwise.
+    """
 
     metrics: dict[str, float]
     protocol: dict[str, Any] = field(default_factory=dict)
+    predictions: dict[str, Tensor] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON record: metrics and protocol (the predictions are tensors, kept apart)."""
+        return {"metrics": dict(self.metrics), "protocol": dict(self.protocol)}
 
 
 @runtime_checkable

@@ -80,6 +80,12 @@ def pixel_features(images: Tensor) -> Tensor:
     return images.flatten(1)
 
 
+def normalised_key(key: Any) -> Any:
+    """``key`` as it reads back from JSON (sorted, tuples as lists, other values as strings): the form
+    the features cache (and the predictions file) store their key in, so equal settings compare equal."""
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
 def _read_cache(path: Path, protocol: dict[str, Any]) -> dict[str, Tensor] | None:
     """The cache at ``path`` when it is readable, complete and made with ``protocol``; else None."""
     if not path.is_file():
@@ -110,7 +116,7 @@ def cached_features(
     and writes the cache, the other ranks return None. ``label`` prefixes the progress bars.
     """
     path = Path(run_dir) / FEATURES_NAME
-    protocol = json.loads(json.dumps(protocol, sort_keys=True, default=str))
+    protocol = normalised_key(protocol)
     cached = _read_cache(path, protocol) if _is_main(ctx) and not recompute else None
     if broadcast_flag(cached is not None, ctx):
         return cached

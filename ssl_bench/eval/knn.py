@@ -15,7 +15,11 @@ Deliberate differences from the DINO reference code, none of which change the pr
 * the weights are ``exp((sim - max_sim) / T)``: the common per-query factor leaves the argmax
   unchanged but cannot overflow for small T; votes are summed in float64 so near-ties are decided
   by the data, not by summation order;
-* ties between classes go to the lowest class index (``argmax``), not to an unstable sort.
+* ties between classes go to the lowest class index (``argmax``), not to an unstable sort;
+* ties between neighbours go to the lowest train index (:func:`knn_neighbours`): neighbours with equal
+  similarity are ordered by train index, also across the k-th position (which of several equally
+  similar train samples is the k-th neighbour), so the same features give the same neighbours
+  whichever backend ran the search and however it orders equal scores.
 
 Several search backends produce the same neighbours (they are exact): ``faiss`` (``IndexFlatIP``,
 on GPU when faiss has GPU support and the features live on CUDA), ``torch`` (chunked matmul + topk,
@@ -187,6 +191,68 @@ def _search_sklearn(train_n: Tensor, test_n: Tensor, kmax: int) -> tuple[Tensor,
     return torch.from_numpy(1.0 - dist).float(), torch.from_numpy(idx).long()
 
 
+def order_ties(sims: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row of ``sims`` / ``idx`` [M, k] re-ordered by (similarity desc, train index asc).
+
+    Two stable sorts: by index first, then by similarity. A backend's order among equal
+    similarities (a heap in faiss, ``topk`` in torch) is then irrelevant; distinct similarities keep
+    their order."""
+    by_index = idx.argsort(dim=1, stable=True)  # [M, k]
+    sims, idx = sims.gather(1, by_index), idx.gather(1, by_index)
+    by_sim = sims.argsort(dim=1, descending=True, stable=True)  # [M, k]
+    return sims.gather(1, by_sim), idx.gather(1, by_sim)
+
+
+def _exact_rows(train_n: Tensor, test_n: Tensor, kmax: int, chunk: int) -> tuple[Tensor, Tensor]:
+    """The first ``kmax`` of every train sample for a few queries, by (similarity desc, index asc):
+    the full similarity row and a stable sort, for rows whose k-th neighbour is tied."""
+    sims, idx = [], []
+    train_t = train_n.t()  # [D, N]
+    for start in range(0, test_n.shape[0], chunk):
+        v, i = (test_n[start : start + chunk] @ train_t).sort(dim=1, descending=True, stable=True)  # [m, N]
+        sims.append(v[:, :kmax])
+        idx.append(i[:, :kmax])
+    return torch.cat(sims), torch.cat(idx)
+
+
+def knn_neighbours(
+    train_n: Tensor,  # [N, D] l2-normalised float32
+    test_n: Tensor,  # [M, D] l2-normalised float32, on train_n's device
+    kmax: int,
+    backend: str,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The ``kmax`` nearest train samples of every query: (sims [M, kmax], train indices [M, kmax]),
+    ordered by (similarity desc, train index asc), on ``train_n``'s device. ``backend`` is concrete.
+
+    Deterministic ties. The search asks for one neighbour more than needed: when the (kmax+1)-th
+    similarity equals the kmax-th, a tie straddles the cut and the backend's choice among the tied
+    samples is arbitrary, so that row is recomputed exactly (full similarity row, stable sort:
+    lowest train indices first). Every other row is re-ordered by :func:`order_ties`.
+
+    Remaining boundary case: ties are between *bit-equal* float32 similarities as the backend computed
+    them. Two train samples whose similarities tie in exact arithmetic but differ in the last bit
+    (not exact duplicates, or a BLAS kernel that sums them in another order) are ordered by that last
+    bit, which may differ between backends or between machines and thread counts.
+    """
+    n_train, n_test = train_n.shape[0], test_n.shape[0]
+    k_search = min(kmax + 1, n_train)  # one more: is the kmax-th neighbour tied with the next one?
+    chunk = _auto_chunk(n_train, n_test, chunk_size)
+    if backend == "torch":
+        sims, idx = _search_torch(train_n, test_n, k_search, chunk)
+    elif backend == "faiss":
+        sims, idx = _search_faiss(train_n, test_n, k_search)
+    else:
+        sims, idx = _search_sklearn(train_n, test_n, k_search)
+    sims, idx = sims.to(train_n.device).float(), idx.to(train_n.device).long()  # [M, k_search]
+    straddles = sims[:, kmax] == sims[:, kmax - 1] if k_search > kmax else None  # [M] bool
+    sims, idx = order_ties(sims[:, :kmax].contiguous(), idx[:, :kmax].contiguous())  # [M, kmax]
+    if straddles is not None and bool(straddles.any()):
+        rows = straddles.nonzero().flatten()  # [R]
+        sims[rows], idx[rows] = _exact_rows(train_n, test_n[rows], kmax, _auto_chunk(n_train, rows.numel(), chunk_size))
+    return sims, idx
+
+
 # --------------------------------------------------------------------------- voting
 
 
@@ -253,14 +319,7 @@ def knn_predict(
     train_n = F.normalize(train_feats.detach().float(), dim=1)  # [N, D]
     test_n = F.normalize(test_feats.detach().to(device).float(), dim=1)  # [M, D]
 
-    if backend == "torch":
-        sims, idx = _search_torch(train_n, test_n, kmax, _auto_chunk(n_train, n_test, chunk_size))
-    elif backend == "faiss":
-        sims, idx = _search_faiss(train_n, test_n, kmax)
-    else:
-        sims, idx = _search_sklearn(train_n, test_n, kmax)
-
-    sims, idx = sims.to(device), idx.to(device)  # [M, kmax]
+    sims, idx = knn_neighbours(train_n, test_n, kmax, backend, chunk_size)  # [M, kmax] each, ties by index
     neighbor_labels = train_labels.to(device).long()[idx]  # [M, kmax]
     unique_k = sorted(set(k_eff.values()))
     by_k = weighted_vote(sims, neighbor_labels, num_classes, unique_k, temperature)
@@ -271,7 +330,8 @@ def knn_predict(
 
 
 class KNNEvaluator:
-    """DINO weighted k-NN evaluator. Metrics: ``knn_top1_k{k}`` for each k, ``knn_top1`` (headline)."""
+    """DINO weighted k-NN evaluator. Metrics: ``knn_top1_k{k}`` for each k, ``knn_top1`` (headline);
+    the result's ``predictions`` hold each metric's predicted classes [M] for the paired comparison."""
 
     name = "knn"
 
@@ -301,6 +361,8 @@ class KNNEvaluator:
         )
         metrics = {f"knn_top1_k{k}": top1_accuracy(preds[k], test_labels) for k in p.ks}
         metrics["knn_top1"] = metrics[f"knn_top1_k{p.headline_k}"]
+        predictions = {f"knn_top1_k{k}": preds[k].cpu() for k in p.ks}  # [M] int64 each, test-split order
+        predictions["knn_top1"] = predictions[f"knn_top1_k{p.headline_k}"]
 
         n_train = int(train_feats.shape[0])
         protocol: dict[str, Any] = {
@@ -313,6 +375,7 @@ class KNNEvaluator:
             "normalisation": "l2",
             "similarity": "cosine (inner product of l2-normalised float32 features)",
             "vote": "sum of exp(sim / T) per class over the k nearest; argmax, ties -> lowest class",
+            "neighbour_ties": "equal similarity -> lowest train index, also at the k-th neighbour",
             "backend": p.backend,
             "backend_used": backend_used,
             "device": train_feats.device.type,
@@ -325,4 +388,4 @@ class KNNEvaluator:
         }
         if backend_used == "faiss":
             protocol["faiss_gpu"] = train_feats.device.type == "cuda" and faiss_gpu_available()
-        return EvalResult(metrics=metrics, protocol=protocol)
+        return EvalResult(metrics=metrics, protocol=protocol, predictions=predictions)

@@ -46,7 +46,8 @@ __all__ = ["LinearProbeEvaluator", "LinearProbeProtocol"]
 
 class LinearProbeEvaluator:
     """MAE linear probe. Metrics: ``linear_top1`` (final epoch, test), ``linear_train_top1`` (final
-    epoch, train set in eval mode) and ``linear_final_loss``.
+    epoch, train set in eval mode) and ``linear_final_loss``; ``predictions["linear_top1"]``: the
+    test predictions [M] behind ``linear_top1``.
 
     Deterministic given ``seed``: the head init and the per-epoch shuffles draw from a private
     CPU ``torch.Generator``, never from the global RNG. Runs on the features' device.
@@ -136,9 +137,9 @@ class LinearProbeEvaluator:
                 idx = perm[i * batch : (i + 1) * batch]  # [B]
                 probe.train_step(x_train[idx], y_train[idx])
 
-        metrics = probe.metrics(test_feats, test_labels, train_feats, train_labels)
+        metrics, predictions = probe.result(test_feats, test_labels, train_feats, train_labels)
         self.last_head = probe.head
-        return EvalResult(metrics=metrics, protocol=probe_record(
+        return EvalResult(metrics=metrics, predictions=predictions, protocol=probe_record(
             p, evaluator=self.name, seed=self.seed, n=n, dim=dim, n_test=int(test_feats.shape[0]),
             num_classes=num_classes, batch=batch, lr=lr, steps_per_epoch=steps_per_epoch,
             warmup_steps=warmup_steps, total_steps=total_steps, device=device,

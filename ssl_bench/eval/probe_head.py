@@ -196,7 +196,7 @@ def check_final_loss(loss: float, lr: float, p: LinearProbeProtocol) -> None:
 
 class ProbeHead:
     """The head of :func:`build_linear_head` with its optimiser and per-iteration schedule: what both
-    data protocols train, one :meth:`train_step` per global batch, scored by :meth:`metrics`.
+    data protocols train, one :meth:`train_step` per global batch, scored by :meth:`result`.
 
     The head's init draws from ``generator`` (a private CPU generator: the same head on every
     device for the same seed, and the global RNG untouched).
@@ -236,21 +236,24 @@ class ProbeHead:
         feats = feats.detach().to(self.device).float()
         return torch.cat([self.head(feats[i : i + batch]).argmax(dim=1) for i in range(0, len(feats), batch)])
 
-    def metrics(
+    def result(
         self, test_feats: Tensor, test_labels: Tensor, train_feats: Tensor | None = None,
         train_labels: Tensor | None = None,
-    ) -> dict[str, float]:
-        """``linear_top1`` on the test set, ``linear_final_loss`` and (when the protocol asks and the
-        train features are given) ``linear_train_top1``. A diverged head is refused, not scored."""
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """(metrics, predictions). Metrics: ``linear_top1`` on the test set, ``linear_final_loss`` and
+        (when the protocol asks and the train features are given) ``linear_train_top1``. Predictions:
+        ``{"linear_top1": predicted classes [M] int64 on the CPU}``, what ``linear_top1`` is the
+        accuracy of (for the paired comparison). A diverged head is refused, not scored."""
         final_loss = float(self.loss.item())
         check_final_loss(final_loss, self.lr, self.protocol)
+        test_preds = self.predict(test_feats)  # [M]
         metrics = {
-            "linear_top1": top1_accuracy(self.predict(test_feats), test_labels.to(self.device).long()),
+            "linear_top1": top1_accuracy(test_preds, test_labels.to(self.device).long()),
             "linear_final_loss": final_loss,
         }
         if self.protocol.report_train_acc and train_feats is not None and train_labels is not None:
             metrics["linear_train_top1"] = top1_accuracy(self.predict(train_feats), train_labels.to(self.device).long())
-        return metrics
+        return metrics, {"linear_top1": test_preds.cpu().long()}
 
 
 class KeepsHead(Protocol):

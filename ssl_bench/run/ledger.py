@@ -26,7 +26,7 @@ from typing import Any
 from ssl_bench.config import config_to_json
 from ssl_bench.errors import RunInterrupted, SSLBenchError, TrainingInterrupted
 from ssl_bench.files import remove_partial_writes
-from ssl_bench.provenance import git_commit, package_versions
+from ssl_bench.provenance import git_commit, run_versions
 from ssl_bench.results import ResultsStore, RunRecord, utc_now
 
 log = logging.getLogger("ssl_bench")
@@ -75,7 +75,7 @@ def run_record(
     identity (``ssl_bench.run.variant``)."""
     return RunRecord(
         method=method, backbone=cfg.backbone.name, dataset=cfg.dataset.name, run_dir=str(Path(run_dir).resolve()),
-        config_json=config_to_json(cfg), seed=cfg.seed, git_commit=git_commit(), versions_json=package_versions(),
+        config_json=config_to_json(cfg), seed=cfg.seed, git_commit=git_commit(), versions_json=run_versions(),
         variant_json=variant,
         epochs=epochs, batch_size=None if is_baseline else cfg.train.batch_size, device=str(device),
         uses_labels=uses_labels, is_baseline=is_baseline,

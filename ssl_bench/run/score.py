@@ -4,12 +4,13 @@
       -> evaluators that need the model (the augmented linear probe; every rank takes part)
       -> evaluators on the cached features (main rank)
       -> the method's own evaluations (a diffusion model's NLL)
-      -> every result checked, then recorded
+      -> every result checked, then recorded (and each evaluator's test predictions kept)
 
 An evaluator is code from any package, so what it returns is checked before anything is written:
-an exception, a result that is not ``EvalResult``-like, a metric that is not a finite number, or an
-accuracy outside [0, 1] (a percentage) is one line naming the evaluator and its package, and nothing
-(no ``metrics.json``, no store row) is written.
+an exception, a result that is not ``EvalResult``-like, a metric that is not a finite number, an
+accuracy outside [0, 1] (a percentage), or predictions that are not one class per test image is one
+line naming the evaluator and its package, and nothing (no ``metrics.json``, no store row, no
+``predictions.pt``) is written.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from ssl_bench.errors import SSLBenchError
 from ssl_bench.eval.features import cached_features
+from ssl_bench.eval.predictions import write_predictions
 from ssl_bench.files import atomic_write_text
 from ssl_bench.results.records import metric_value_problem
 from ssl_bench.run.build import BuiltEvaluator
@@ -72,10 +74,29 @@ def checked_result(source: str, result: Any) -> tuple[dict[str, float], dict[str
                         "and None for a metric it could not compute")
         out[str(name)] = None if value is None else float(value)
     try:
-        json.dumps(dict(protocol), default=str)
+        json.dumps(dict(protocol), default=str, sort_keys=True)  # as metrics.json writes it
     except (TypeError, ValueError) as exc:
-        raise _fail(source, f"returned a protocol record that is not JSON ({exc})", "make the protocol a dict of plain values") from None
+        raise _fail(source, f"returned a protocol record that is not JSON ({exc})", "make the protocol a dict of plain values with string keys") from None
     return out, dict(protocol)
+
+
+def checked_predictions(source: str, result: Any, metrics: Mapping[str, float], n_test: int) -> dict[str, torch.Tensor]:
+    """An evaluator's ``predictions`` (metric -> predicted class of every test image [M] int64, on the
+    CPU); {} when it returns none (a plugin evaluator need not). Anything else is one EvaluatorError."""
+    predictions = getattr(result, "predictions", None) or {}
+    fix = "return predictions={metric: LongTensor [n_test] of predicted classes in test order}, or none"
+    if not isinstance(predictions, Mapping):
+        raise _fail(source, f"returned predictions of type {type(predictions).__name__}, not a dict", fix)
+    out: dict[str, torch.Tensor] = {}
+    for name, preds in predictions.items():
+        if name not in metrics:
+            raise _fail(source, f"returned predictions for {name!r}, which is not one of its metrics", fix)
+        if not (isinstance(preds, torch.Tensor) and preds.ndim == 1 and preds.numel() == n_test
+                and not preds.is_floating_point() and not preds.is_complex() and preds.dtype != torch.bool):
+            what = f"{preds.dtype} of shape {tuple(preds.shape)}" if isinstance(preds, torch.Tensor) else type(preds).__name__
+            raise _fail(source, f"returned predictions {name!r} as {what}, not one integer class per test image ({n_test})", fix)
+        out[str(name)] = preds.detach().cpu().long()
+    return out
 
 
 def _call(source: str, call: Callable[[], Any]) -> Any:
@@ -116,18 +137,28 @@ def score(
     if device.type == "cuda":  # GPU k-NN and probe
         feats = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feats.items()}
     recorded: Recorded = {}
+    predictions: dict[str, dict[str, torch.Tensor]] = {}  # evaluator -> metric -> [M]
+    n_test = int(feats["test_labels"].shape[0])
+
+    def check(source: str, name: str, res: Any) -> None:
+        metrics, protocol = checked_result(source, res)
+        preds = checked_predictions(source, res, metrics, n_test)
+        recorded[name] = (metrics, {**protocol, "features": subject.feature})
+        if preds:
+            predictions[name] = preds
+
     for ev in evaluators:
         if ev.needs_images:
             res = image_results[ev.name]
         else:
             res = _call(describe(ev), lambda ev=ev: ev.evaluator(
                 feats["train"], feats["train_labels"], feats["test"], feats["test_labels"], dataset.info.num_classes))
-        metrics, protocol = checked_result(describe(ev), res)
-        recorded[ev.name] = (metrics, {**protocol, "features": subject.feature})
+        check(describe(ev), ev.name, res)
     if subject.extra is not None:
         for name, res in _call(subject.extra_source, subject.extra):
-            metrics, protocol = checked_result(f"{subject.extra_source} (evaluation '{name}')", res)
-            recorded[name] = (metrics, {**protocol, "features": subject.feature})
+            check(f"{subject.extra_source} (evaluation '{name}')", name, res)
+    # written on every scoring, also without predictions, so an earlier scoring's file never outlives it
+    write_predictions(run_dir, subject.cache_key, feats["test_labels"], predictions)
     return recorded
 
 
@@ -146,7 +177,9 @@ def summary(metrics: Mapping[str, float]) -> str:
 
 def write_metrics_json(run_dir: Path, recorded: Recorded) -> None:
     """``RUN_DIR/metrics.json``: every evaluator's metrics and protocol, atomically (a kill or a full
-    disk leaves the previous file whole). Evaluators in scoring order; each record as it was
-    produced, so a resumed run writes the same bytes as an uninterrupted one."""
-    text = json.dumps({n: {"metrics": m, "protocol": p} for n, (m, p) in recorded.items()}, indent=1, default=str)
+    disk leaves the previous file whole). Keys sorted at every level, so the bytes depend only on the
+    values: the same config, seed, machine and thread count give the same file, and a resumed run
+    writes the same bytes as an uninterrupted one whatever order its records were built in."""
+    text = json.dumps({n: {"metrics": m, "protocol": p} for n, (m, p) in recorded.items()}, indent=1, default=str,
+                      sort_keys=True)
     atomic_write_text(Path(run_dir) / METRICS_JSON, text)
