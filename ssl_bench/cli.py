@@ -151,6 +151,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ssl_bench.results import ResultsStore
+    from ssl_bench.run.compare import compare_rows, report
+
+    store = ResultsStore(existing_results(args), readonly=True)
+    a, b, comparison = compare_rows(store, args.row_a, args.row_b, args.metric, args.dataset, args.backbone)
+    print(report(a, b, comparison))
+    return 0
+
+
 def _nothing_for(store: Any, path: Path, dataset: str | None, backbone: str | None) -> str:
     """Why a filtered leaderboard is empty: what the store does hold."""
     runs = store.runs_frame()
@@ -221,6 +231,18 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
                          "(the html table embeds the same figure)")
     add_output_options(lb)
     lb.set_defaults(func=cmd_leaderboard)
+
+    cmp_ = sub.add_parser("compare", help="is one leaderboard row really better than another? a paired test over test images",
+                          description="Pair the two rows' runs seed by seed on the same test images: the difference with a "
+                                      "paired bootstrap 95%% interval pooled over seeds, McNemar's exact p per seed, and a "
+                                      "verdict. ROW is a row label as the leaderboard prints it, or the id of one of its runs.")
+    cmp_.add_argument("row_a", metavar="ROW_A")
+    cmp_.add_argument("row_b", metavar="ROW_B")
+    cmp_.add_argument("--metric", default="linear_top1", choices=["linear_top1", "knn_top1"])
+    cmp_.add_argument("--dataset")
+    cmp_.add_argument("--backbone")
+    add_output_options(cmp_)
+    cmp_.set_defaults(func=cmd_compare)
 
 
 
