@@ -47,7 +47,7 @@ def compare_rows(
     if metric not in COMPARABLE_METRICS:
         raise SSLBenchError(f"cannot compare on {metric!r}: predictions are kept for {', '.join(COMPARABLE_METRICS)}")
     a, b = find_row(store, spec_a, dataset, backbone), find_row(store, spec_b, dataset, backbone)
-    if a is b:
+    if a.run_ids == b.run_ids:
         raise SSLBenchError(f"{spec_a!r} and {spec_b!r} are the same row ({a.label!r}); compare two different rows")
     return a, b, compare_predictions(row_predictions(a, metric), row_predictions(b, metric), metric)
 

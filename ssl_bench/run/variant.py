@@ -28,6 +28,8 @@ NOT_IDENTITY: tuple[str, ...] = (
 LABEL_PREFIXES: tuple[str, ...] = ("method.", "train.")
 #: Identity settings the table shows in a column of their own, so the label leaves them out.
 LABEL_OMITS: tuple[str, ...] = ("train.epochs",)
+#: The order of a label's settings after the replaced parts, by top-level key.
+LABEL_ORDER: tuple[str, ...] = ("method", "train", "backbone")
 #: Most settings spelled out in a label; the rest are counted (the full list is in csv / html).
 LABEL_ITEMS = 3
 #: Between the method and its settings in a label.
@@ -71,7 +73,8 @@ def row_label(method: str, settings: dict[str, Any], name: str | None = None) ->
     """The label a row is shown under: ``name`` when given, else the method and what differs.
 
     A part replaced by name (``corruption=additive-latent-noise``) stands for its options, which
-    follow from it; options set beside it are spelled out. The epochs have their own column. At most :data:`LABEL_ITEMS` settings are
+    follow from it; options set beside it are spelled out. Replaced parts come first, then method,
+    training and backbone settings (what a comparison is usually about first). The epochs have their own column. At most :data:`LABEL_ITEMS` settings are
     written, then ``+N more``.
     """
     if name:
@@ -81,6 +84,7 @@ def row_label(method: str, settings: dict[str, Any], name: str | None = None) ->
         return method
     renamed = [k[: -len(".name")] for k in settings if k.endswith(".name")]
     shown = [k for k in settings if k.endswith(".name") or not any(k.startswith(p + ".") for p in renamed)]
+    shown.sort(key=lambda k: (not k.endswith(".name"), LABEL_ORDER.index(k.split(".")[0]) if k.split(".")[0] in LABEL_ORDER else 99, k))
     items = [f"{short_key(k)}={value_text(settings[k])}" for k in shown]
     more = len(items) - LABEL_ITEMS
     text = ", ".join(items[:LABEL_ITEMS]) + (f", +{more} more" if more > 0 else "")
