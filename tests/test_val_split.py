@@ -109,3 +109,12 @@ def test_the_store_keeps_the_other_splits_metrics_when_one_split_is_rescored(tmp
     assert dict(zip(frame["name"], frame["value"])) == {"val_knn_top1": 0.125, "knn_top1": 0.75}
     with pytest.raises(ValueError, match="both the test and the validation split"):
         store.replace_all_metrics(run_id, {"knn": ({"knn_top1": 0.5, "val_knn_top1": 0.5}, {})})
+
+
+def test_eval_on_validation_refuses_a_run_without_a_validation_split(tmp_path, registry, tiny_cfg):
+    from ssl_bench.config import config_to_json
+    from ssl_bench.run import evaluate_run
+
+    (tmp_path / "config.json").write_text(config_to_json(tiny_cfg("mae")))
+    with pytest.raises(ConfigError, match="trained without a validation split.*--set dataset.val_fraction=0.1"):
+        evaluate_run(tmp_path, None, torch.device("cpu"), registry=registry, split="val")

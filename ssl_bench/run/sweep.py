@@ -42,6 +42,7 @@ from ssl_bench.results.records import VAL_PREFIX
 from ssl_bench.run.assemble import method_config
 from ssl_bench.run.resume import comparable
 from ssl_bench.run.runs import check_run, evaluate_run, run_method
+from ssl_bench.run.score import summary
 
 log = logging.getLogger("ssl_bench")
 
@@ -254,7 +255,9 @@ def run_sweep(
     choice = broadcast_object(choice, ctx)
     for run in runs:
         if run.label == choice:
-            evaluate_run(run.run_dir, store, ctx.device, registry=registry, ctx=ctx, results=results, split="test")
+            scored = evaluate_run(run.run_dir, store, ctx.device, registry=registry, ctx=ctx, results=results, split="test")
+            if ctx.is_main:
+                log.info("%s, seed %d, on test: %s", run.label, run.seed, summary(scored.metrics))
     if not ctx.is_main:
         return None
     test = stored_scores(store, [r for r in runs if r.label == choice], metric)
