@@ -1,4 +1,4 @@
-"""`ssl-bench` command line: run, list, eval, leaderboard, ... plus the commands plugins register.
+"""`ssl-bench` command line: run, list, eval, leaderboard, sweep, ... plus the commands plugins register.
 
 Plugin commands come from the `ssl_bench_commands` hook (see `ssl_bench.hookspecs.Command`). The
 registry is imported lazily and only its cheap command stage is loaded to build the parser, so
@@ -120,9 +120,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     read_run_config(Path(args.run_dir))  # not a run directory: refused before any store is opened or made
     store = recording_store(args)
-    out = evaluate_run(args.run_dir, store, resolve_device(args.device), recompute=args.recompute, results=results_path(args))
+    out = evaluate_run(args.run_dir, store, resolve_device(args.device), recompute=args.recompute, results=results_path(args),
+                       split=args.split)
     for k, v in sorted(out.metrics.items()):
         print(f"{k}: {100 * v:.2f}%" if "top1" in k else f"{k}: {v:.4f}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a grid on a validation split, select on it, report test accuracy for the selection only."""
+    from ssl_bench.registry import get_registry
+    from ssl_bench.run.sweep import SWEEP_TABLE, parse_grid, run_sweep, sweep_report
+
+    registry = get_registry()
+    registry.get("method", args.method)  # a wrong name fails before anything is made
+    grid = parse_grid(args.grid)
+    cli = {
+        "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.device": args.device,
+    }
+    with distributed_session(args.device or "auto") as ctx:
+        store = recording_store(args, ctx.is_main)
+        result = run_sweep(args.method, registry, store, ctx, grid=grid, seeds=args.seeds, set_items=args.set or (),
+                           user_config=args.config, cli=cli, select=args.select, out=args.out, results=results_path(args))
+    if result is None:  # not the main rank
+        return 0
+    print(f"\n{sweep_report(result)}\n\n(also in {result.folder / SWEEP_TABLE})")
     return 0
 
 
@@ -212,6 +235,9 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("run_dir", metavar="RUN_DIR")
     ev.add_argument("--recompute", action="store_true", help="ignore cached features")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--split", choices=["test", "val"], default=None,
+                    help="score the test split or the validation split held back from training (default: the run's eval.split); "
+                         "the other split's stored metrics are kept")
     add_output_options(ev)
     ev.set_defaults(func=cmd_eval)
 
@@ -243,6 +269,30 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     cmp_.add_argument("--backbone")
     add_output_options(cmp_)
     cmp_.set_defaults(func=cmd_compare)
+
+    sw = sub.add_parser("sweep", help="run a grid of settings, select on a validation split, report test for the selection only",
+                        description="Run METHOD for every combination of the --grid values and every seed, each holding back "
+                                    "the same stratified validation split of the training data (dataset.val_fraction, default "
+                                    "0.1) and scored on it only (eval.split=val; no baselines). Select the setting with the best "
+                                    "mean validation score, score only its runs on the test split, and print the table "
+                                    "(also written to OUT/sweeps/<sweep id>/sweep.md).")
+    sw.add_argument("method", metavar="METHOD", help="a registered method name (see `ssl-bench list`)")
+    sw.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
+                    help="a config key and its values, parsed like --set values; repeat for a product grid "
+                         "(e.g. --grid train.blr=1e-4,3e-4,1e-3 --grid train.weight_decay=0.05,0.1)")
+    sw.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="seeds run at every grid point (default: 0)")
+    sw.add_argument("--select", default="linear_top1",
+                    help="the accuracy selected on, read as its validation score (default: linear_top1; or knn_top1)")
+    sw.add_argument("--backbone", help="backbone name (default from config: vit-tiny)")
+    sw.add_argument("--dataset", help="dataset name (default from config: digits)")
+    sw.add_argument("--data-root", help="where the dataset lives or is downloaded to")
+    sw.add_argument("--epochs", type=int, help="pre-training epochs")
+    sw.add_argument("--batch-size", type=int, help="global batch size")
+    sw.add_argument("--config", help="an mmengine Config python file overriding the method's defaults")
+    sw.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key for every grid point")
+    sw.add_argument("--device", help="auto (default), cpu or cuda")
+    add_output_options(sw)
+    sw.set_defaults(func=cmd_sweep)
 
 
 

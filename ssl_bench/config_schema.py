@@ -101,6 +101,7 @@ def _num(lo: float | None = None, hi: float | None = None, *, lo_open: bool = Fa
 RULES: dict[str, Rule] = {
     "seed": _int(0, example="0"),
     "name": Rule("text", optional=True, example="mae-noise"),
+    "sweep": Rule("text", optional=True, example="mae-20260101T000000Z"),
     "train.epochs": _int(1, example="10"),
     "train.batch_size": _int(1, example="128"),
     "train.accum_iter": _int(1, example="1"),
@@ -130,6 +131,9 @@ RULES: dict[str, Rule] = {
     "eval.linear.flip_p": _num(0, 1, example="0.5"),
     "dataset.limit_train": _int(1, optional=True, example="1000"),
     "dataset.limit_test": _int(1, optional=True, example="500"),
+    "dataset.val_fraction": _num(0, 1, lo_open=True, hi_open=True, optional=True, example="0.1"),
+    "dataset.val_seed": _int(0, example="0"),
+    "eval.split": Rule("choice", choices=("test", "val"), example="val"),
     "dataset.image_size": _int(1, optional=True, example="224"),
     "dataset.num_workers": _int(0, optional=True, example="8"),
     "backbone.patch_size": _int(1, optional=True, example="16"),
@@ -159,7 +163,8 @@ def _lookup(cfg: Any, key: str) -> tuple[bool, Any]:
 
 def validate_config(cfg: Any) -> None:
     """Raise one ConfigError line for the first value out of its rule (in ``RULES`` order), and for the
-    cross-key condition that would otherwise only fail after training (probe warm-up < probe epochs)."""
+    cross-key conditions that would otherwise only fail after training (probe warm-up < probe epochs;
+    scoring the validation split needs one held back)."""
     for key, rule in RULES.items():
         present, value = _lookup(cfg, key)
         if present and not rule.ok(value):
@@ -171,4 +176,11 @@ def validate_config(cfg: Any) -> None:
         raise ConfigError(
             f"eval.linear.warmup_epochs={warmup!r} must be below eval.linear.epochs={epochs!r} "
             "(e.g. --set eval.linear.warmup_epochs=1)"
+        )
+    _, split = _lookup(cfg, "eval.split")
+    _, val_fraction = _lookup(cfg, "dataset.val_fraction")
+    if split == "val" and val_fraction is None:
+        raise ConfigError(
+            "eval.split='val' scores the validation split, but there is none: dataset.val_fraction is not set. "
+            "Hold one back from the training data, e.g. --set dataset.val_fraction=0.1"
         )

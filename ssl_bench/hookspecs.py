@@ -127,7 +127,7 @@ COMMAND_KIND = "command"
 COMMAND_HOOK = "ssl_bench_commands"
 #: The CLI's own subcommands: a plugin command of one of these names is disabled (a name clash with
 #: the built-in). ``ssl_bench.cli`` builds exactly these; a test keeps the two lists equal.
-BUILTIN_COMMAND_NAMES: tuple[str, ...] = ("run", "list", "eval", "leaderboard", "compare")
+BUILTIN_COMMAND_NAMES: tuple[str, ...] = ("run", "list", "eval", "leaderboard", "compare", "sweep")
 
 # Every hook a plugin may implement: a module function starting with `ssl_bench_` that is not one
 # of these is reported as a misspelt hook (it would silently never be called).

@@ -5,12 +5,17 @@ out = "runs"
 # The leaderboard row label of this configuration (`--name`). None: the method name, plus the settings
 # that differ from the method's defaults (ssl_bench/run/variant.py).
 name = None
+sweep = None  # set by `ssl-bench sweep` to its sweep id, so the runs of a sweep are recognisable
 
 dataset = dict(
     name="digits",  # offline default: ships with scikit-learn
     data_root=None,
     limit_train=None,  # int: deterministic subsample for quick runs
     limit_test=None,
+    # float in (0, 1): hold back this fraction of the TRAINING split (after limit_train), stratified,
+    # as a validation split that training and the probes never see; the test split is unchanged.
+    val_fraction=None,
+    val_seed=0,  # the validation split's own seed, independent of `seed`: every run holds back the same images
 )
 
 backbone = dict(
@@ -55,4 +60,7 @@ eval = dict(
     # centre crop (ssl_bench/eval/augmented_probe.py). The Table-4 recipes use "augmented".
     linear=dict(epochs=90, warmup_epochs=10, blr=0.1, batch_size=256, optimizer="sgd", protocol="cached"),
     baselines=["pixels", "random-init"],
+    # which split the evaluators score: "test", or "val" (needs dataset.val_fraction; metrics are then
+    # stored as val_knn_top1, val_linear_top1, ... and no test number exists for the run)
+    split="test",
 )

@@ -16,9 +16,11 @@ from .datasets import (
     load_dataset,
 )
 from .folder import FolderSplit
+from .validation import DEFAULT_VAL_SEED, validation_indices, with_validation
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DEFAULT_VAL_SEED",
     "DatasetInfo",
     "DatasetLayoutError",
     "DatasetNotFoundError",
@@ -30,4 +32,6 @@ __all__ = [
     "default_data_root",
     "load_dataset",
     "suggest_patch_size",
+    "validation_indices",
+    "with_validation",
 ]

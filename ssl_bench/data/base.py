@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ssl_bench.errors import ConfigError
+
 if TYPE_CHECKING:
     from .crops import CropSpec
 
@@ -296,9 +298,21 @@ class TensorSplit(ImageSplit):
 
 @dataclass
 class ImageDataset:
-    """A dataset: its facts plus a labelled train and test split."""
+    """A dataset: its facts plus a labelled train and test split, and a validation split when one was
+    held back from the training data (``dataset.val_fraction``, see ``validation.py``)."""
 
     info: DatasetInfo
     train: ImageSplit
     test: ImageSplit
+    val: ImageSplit | None = None
+
+    def split(self, name: str) -> ImageSplit:
+        """The split an evaluation scores: ``"test"`` or ``"val"``."""
+        if name == "test":
+            return self.test
+        if name == "val":
+            if self.val is None:
+                raise ConfigError("this dataset has no validation split; set one with --set dataset.val_fraction=0.1")
+            return self.val
+        raise ConfigError(f"unknown split {name!r}; expected 'test' or 'val'")
 

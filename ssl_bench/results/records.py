@@ -9,6 +9,8 @@ Conventions shared with the evaluators and the tables:
 * a metric value is a finite number or None ("not computed"); NaN and inf are refused at write time,
   because SQLite would store NaN as NULL and the failure would vanish.
 * timestamps are UTC ISO-8601 strings; ``*_json`` columns hold JSON objects as text.
+* a metric scored on the validation split (held back from the training data) is named ``val_<name>``
+  (``val_linear_top1``); every other metric is a test-split number. A run keeps both splits' rows.
 
 Every message built here is one line: values are quoted short (:func:`short_repr`), so a damaged
 100-line config never floods the terminal.
@@ -29,6 +31,15 @@ RUN_STATUSES: tuple[str, ...] = ("running", "finished", "failed", "interrupted")
 #: The reference rows every comparison carries, in display order (``random-init:<method>`` is a
 #: method's own untrained network, recorded with ``is_baseline``).
 BASELINE_METHOD_NAMES: tuple[str, ...] = ("pixels", "random-init")
+
+
+#: The prefix of a metric scored on the validation split.
+VAL_PREFIX = "val_"
+
+
+def metric_split(name: str) -> str:
+    """``"val"`` for a validation-split metric (``val_linear_top1``), else ``"test"``."""
+    return "val" if str(name).startswith(VAL_PREFIX) else "test"
 
 
 def utc_now() -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .queries import LatestRun, knn_top1_k20, latest_finished
-from .records import BASELINE_METHOD_NAMES
+from .records import BASELINE_METHOD_NAMES, VAL_PREFIX
 from .settings import Settings
 from .store import ResultsStore
 from .store_errors import ResultsStoreError
@@ -27,8 +27,6 @@ class RowNotFoundError(ResultsStoreError):
 
 #: The per-run accuracies ``--runs`` lists (test, then the validation ones a sweep scores).
 RUN_METRICS: tuple[str, ...] = ("knn_top1", "linear_top1", "val_knn_top1", "val_linear_top1")
-#: Metric names of a validation-split score (``ssl-bench sweep``): never shown as test numbers.
-VAL_PREFIX = "val_"
 
 
 def scored_on_test(e: LatestRun) -> bool:

@@ -29,7 +29,7 @@ from .frames import FrameReader
 from .liveness import current_host, process_alive
 from .records import (
     BOOL_FIELDS, RUN_FIELDS, EvaluatorResult, RunRecord, damaged_message, metric_rows, normalise_run_value,
-    record_from_row, run_row_problem, unpack_result, utc_now,
+    VAL_PREFIX, metric_split, record_from_row, run_row_problem, unpack_result, utc_now,
 )
 from .schema import check_ours, initialise_blank, prepare_for_writing
 from .sqlite_file import BUSY_TIMEOUT_S, SQLiteFile, Transaction
@@ -320,9 +320,18 @@ class ResultsStore:
             raise KeyError(f"no run with id {rows[0][0]} in {self.path}") from exc
 
     def _write_metrics(self, cur: sqlite3.Cursor, run_id: int, per_evaluator: list[tuple[str, list[Any]]]) -> None:
-        """Each evaluator's earlier rows for the run replaced by its new ones (inside a transaction)."""
+        """Each evaluator's earlier rows for the run, of the split its new rows score, replaced by its
+        new ones (inside a transaction): re-scoring a run on the test split keeps its validation
+        metrics (``val_*``) and the reverse. An evaluator that returned nothing counts as test."""
         for name, rows in per_evaluator:
-            cur.execute("DELETE FROM metrics WHERE run_id = ? AND evaluator = ?", (int(run_id), name))
+            splits = {metric_split(row[2]) for row in rows} or {"test"}
+            if len(splits) > 1:
+                raise ValueError(f"evaluator {name!r} returned metrics of both the test and the validation split "
+                                 f"({', '.join(sorted(row[2] for row in rows))}); score one split at a time")
+            cur.execute(
+                "DELETE FROM metrics WHERE run_id = ? AND evaluator = ? AND (substr(coalesce(name, ''), 1, ?) = ?) = ?",
+                (int(run_id), name, len(VAL_PREFIX), VAL_PREFIX, int(splits == {"val"})),
+            )
             if rows:
                 self._insert_metrics(cur, rows)
 

@@ -9,7 +9,8 @@
   marks a stopped run failed or interrupted;
 * ``resume``: which run a resume continues, with which config, and the command that continues it;
 * ``runs``: a method's run (new or resumed) and the re-scoring of a trained run;
-* ``baselines``: pixels and random-init, claimed atomically and scored like a method.
+* ``baselines``: pixels and random-init, claimed atomically and scored like a method;
+* ``sweep``: a grid of settings run on a validation split, selected on it, the choice scored on test.
 """
 
 from ssl_bench.run.assemble import build_backbone, build_method, method_config
@@ -18,12 +19,14 @@ from ssl_bench.run.build import BuiltEvaluator, build_evaluators, build_model, l
 from ssl_bench.run.ledger import StoreOnUse, open_store
 from ssl_bench.run.resume import RESUME_FREE_KEYS, resume_command, resume_dir
 from ssl_bench.run.runs import Checked, RunOutcome, check_run, evaluate_run, load_trained_method, run_method
+from ssl_bench.run.sweep import SweepResult, parse_grid, run_sweep, select_setting, sweep_report
 
 __all__ = [
     "RESUME_FREE_KEYS",
     "BuiltEvaluator",
     "Checked",
     "RunOutcome",
+    "SweepResult",
     "StoreOnUse",
     "baseline_identity",
     "build_backbone",
@@ -36,9 +39,13 @@ __all__ = [
     "load_trained_method",
     "method_config",
     "open_store",
+    "parse_grid",
     "resume_command",
     "resume_dir",
     "run_baseline",
     "run_method",
+    "run_sweep",
+    "select_setting",
+    "sweep_report",
     "validate_dataset",
 ]

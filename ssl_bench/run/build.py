@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ssl_bench.data.validation import DEFAULT_VAL_SEED, with_validation
 from ssl_bench.errors import ConfigError
 from ssl_bench.methods.parts import keyword_options
 from ssl_bench.run.assemble import build_method
@@ -50,11 +51,19 @@ def build_evaluators(cfg: Any, registry: Any) -> list[BuiltEvaluator]:
     return out
 
 
+#: Dataset keys the run path applies itself (the validation split), never handed to a loader.
+SPLIT_KEYS = ("val_fraction", "val_seed")
+
+
 def load_dataset(cfg: Any, registry: Any) -> Any:
-    """The configured dataset; an option its loader does not take is one line naming it."""
+    """The configured dataset; an option its loader does not take is one line naming it.
+
+    With ``dataset.val_fraction`` a stratified validation split (seeded by ``dataset.val_seed``) is
+    moved out of the training split here, once for every command, so nothing downstream trains on it.
+    """
     dcfg = cfg.dataset
     loader = registry.get("dataset", dcfg.name)
-    options = {k: v for k, v in dcfg.items() if k not in ("name", "data_root") and v is not None}
+    options = {k: v for k, v in dcfg.items() if k not in ("name", "data_root", *SPLIT_KEYS) and v is not None}
     names, takes_any = keyword_options(loader)
     bad = [] if takes_any else sorted(set(options) - names)
     if bad:
@@ -64,7 +73,12 @@ def load_dataset(cfg: Any, registry: Any) -> Any:
             "they probably come from a config written for another dataset. Drop them with --set "
             + " ".join(f"dataset.{k}=None" for k in bad)
         )
-    return loader(dcfg.get("data_root"), **options)
+    dataset = loader(dcfg.get("data_root"), **options)
+    fraction = dcfg.get("val_fraction")
+    if fraction is None:
+        return dataset
+    seed = dcfg.get("val_seed")
+    return with_validation(dataset, fraction, DEFAULT_VAL_SEED if seed is None else seed)
 
 
 def validate_dataset(dataset: Any, cfg: Any) -> None:
@@ -78,6 +92,9 @@ def validate_dataset(dataset: Any, cfg: Any) -> None:
         )
     if len(test_y) == 0:
         raise ConfigError(f"dataset {name!r} has an empty test split; nothing can be scored. Check the val/ or test data")
+    split = cfg.eval.get("split", "test")
+    if split == "val" and getattr(dataset, "val", None) is None:
+        raise ConfigError(f"eval.split='val' but dataset {name!r} has no validation split; set dataset.val_fraction (e.g. 0.1)")
     missing = sorted(set(test_y.tolist()) - set(train_y.tolist()))
     if missing:
         raise ConfigError(

@@ -27,7 +27,7 @@ import torch
 
 from ssl_bench.config import config_to_json
 from ssl_bench.distributed import DistContext, barrier, broadcast_object
-from ssl_bench.errors import CheckpointError, RunInterrupted
+from ssl_bench.errors import CheckpointError, ConfigError, RunInterrupted
 from ssl_bench.files import atomic_write_text, remove_partial_writes
 from ssl_bench.run.build import BuiltEvaluator, build_evaluators, build_model, load_dataset, validate_dataset, weights_fingerprint
 from ssl_bench.run.ledger import claim_run_dir, find_run, record_scores, recording, run_record
@@ -39,7 +39,7 @@ from ssl_bench.run.resume import (
     stopped_before_the_end,
     stored_config,
 )
-from ssl_bench.run.score import Subject, flat_metrics, score, summary, write_metrics_json
+from ssl_bench.run.score import SPLITS, Subject, eval_split, flat_metrics, score, summary, write_metrics_json
 from ssl_bench.run.variant import variant_of
 from ssl_bench.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ssl_bench.train.epoch_log import RunLogHandler
@@ -79,11 +79,12 @@ def features_key(method: str, model: Any, epoch: int, step: int, is_main: bool) 
     return {"features": model.probe_protocol(), "method": method, "weights": weights}
 
 
-def method_subject(model: Any, key: dict[str, Any], dataset: Any, device: torch.device, source: str, recompute: bool = False) -> Subject:
-    """A trained (or loaded) method as what is scored: its probe features and its own evaluations."""
+def method_subject(model: Any, key: dict[str, Any], device: torch.device, source: str, recompute: bool = False) -> Subject:
+    """A trained (or loaded) method as what is scored: its probe features and its own evaluations (of
+    the dataset as the scoring sees it: on the validation split, that split stands in for test)."""
     return Subject(
         fn=model.probe_features, cache_key=key, feature=key["features"],
-        extra=lambda: model.extra_evaluations(dataset, device), extra_source=source, recompute=recompute,
+        extra=lambda scored: model.extra_evaluations(scored, device), extra_source=source, recompute=recompute,
     )
 
 
@@ -152,10 +153,10 @@ def run_method(
             model.eval()
             key = features_key(method, model, result.epochs, result.steps, ctx.is_main)
             source = f"method '{method}' from package '{registry.entry('method', method).package}'"
-            subject = method_subject(model, key, dataset, ctx.device, source)
+            subject = method_subject(model, key, ctx.device, source)
             recorded = score(subject, dataset, run_dir, checked.evaluators, cfg, ctx)
             if ctx.is_main:
-                write_metrics_json(run_dir, recorded)
+                write_metrics_json(run_dir, recorded, eval_split(cfg))
                 record_scores(store, run_id, recorded, finished_before=finished_before, wall_time_s=result.wall_time_s,
                               throughput_img_s=result.throughput_img_s, peak_mem_mb=result.peak_mem_mb)
                 metrics = flat_metrics(recorded)
@@ -210,9 +211,15 @@ def load_trained_method(run_dir: str | Path, registry: Any = None) -> tuple[Any,
 
 def evaluate_run(
     run_dir: str | Path, store: Any, device: torch.device, recompute: bool = False, registry: Any = None,
-    ctx: DistContext | None = None, results: str | Path | None = None,
+    ctx: DistContext | None = None, results: str | Path | None = None, split: str | None = None,
 ) -> RunOutcome:
-    """``ssl-bench eval RUN_DIR``: rebuild the method from its config, load its checkpoint, re-score.
+    """``ssl-bench eval RUN_DIR [--split test|val]``: rebuild the method from its config, load its
+    checkpoint, re-score on ``split`` (None: the run's own ``eval.split``).
+
+    The new scores replace the run's scores of that split only (the other split's are kept), in the
+    store and in its file (``metrics.json`` / ``metrics-val.json``): a sweep scores its runs on the
+    validation split and then only the selected ones on test. ``split="val"`` needs a run with
+    ``dataset.val_fraction``. The returned metrics are those of this scoring (``val_*`` for val).
 
     A checkpoint from before the run's last epoch is refused (it is not the trained model; scoring it
     would record a finished N-epoch run with fewer epochs' weights): the message names where it
@@ -226,6 +233,14 @@ def evaluate_run(
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir, registry)
     method = cfg.method.name
+    split = split or eval_split(cfg)
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; score 'test' or 'val'")
+    if split == "val" and cfg.dataset.get("val_fraction") is None:
+        raise ConfigError(
+            f"{run_dir} was trained without a validation split (dataset.val_fraction is not set), so it has none to "
+            "score; score it on test, or train a run with --set dataset.val_fraction=0.1"
+        )
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
     stopped = stopped_before_the_end(state, cfg)
     if stopped:
@@ -241,12 +256,12 @@ def evaluate_run(
     key = features_key(method, model, state["epoch"], state.get("step", 0), ctx.is_main)
     del state
     source = f"method '{method}' from package '{registry.entry('method', method).package}'"
-    subject = method_subject(model, key, checked.dataset, device, source, recompute)
-    recorded = score(subject, checked.dataset, run_dir, checked.evaluators, cfg, ctx)
+    subject = method_subject(model, key, device, source, recompute)
+    recorded = score(subject, checked.dataset, run_dir, checked.evaluators, cfg, ctx, split=split)
     if not ctx.is_main:
         return RunOutcome(method, run_dir, None, {})
     remove_partial_writes(run_dir)
-    write_metrics_json(run_dir, recorded)
+    write_metrics_json(run_dir, recorded, split)
     run_id = find_run(store, run_dir)
     if run_id is None:
         run_id = store.add_run(run_record(cfg, method, run_dir, device, epochs=cfg.train.epochs,

@@ -1,6 +1,7 @@
 """The one scoring sequence, used by a new run, a resume, ``ssl-bench eval`` and every baseline:
 
-    frozen features (cached, keyed by the weights that made them)
+    the scored split chosen (``eval.split``: the test split, or the validation split held back from training)
+      -> frozen features (cached, keyed by the weights that made them and the split)
       -> evaluators that need the model (the augmented linear probe; every rank takes part)
       -> evaluators on the cached features (main rank)
       -> the method's own evaluations (a diffusion model's NLL)
@@ -11,13 +12,19 @@ an exception, a result that is not ``EvalResult``-like, a metric that is not a f
 accuracy outside [0, 1] (a percentage), or predictions that are not one class per test image is one
 line naming the evaluator and its package, and nothing (no ``metrics.json``, no store row, no
 ``predictions.pt``) is written.
+
+Scored on the validation split, every evaluator sees the validation images where it would see the
+test images (the method's own evaluations too), so no test number is ever computed; every metric is
+recorded as ``val_<name>`` (``val_knn_top1``, ``val_linear_top1``) with ``"split": "val"`` in its
+protocol record, in ``metrics-val.json``, beside (never replacing) the run's test metrics. Per-image
+predictions are kept for the test split only (``predictions.pt``: what ``ssl-bench compare`` pairs).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +34,14 @@ from ssl_bench.errors import SSLBenchError
 from ssl_bench.eval.features import cached_features
 from ssl_bench.eval.predictions import write_predictions
 from ssl_bench.files import atomic_write_text
-from ssl_bench.results.records import metric_value_problem
+from ssl_bench.results.records import VAL_PREFIX, metric_value_problem
 from ssl_bench.run.build import BuiltEvaluator
 
 METRICS_JSON = "metrics.json"
+#: The validation split's scores, kept beside the test scores of ``METRICS_JSON``.
+VAL_METRICS_JSON = "metrics-val.json"
+#: The splits an evaluation may score (``eval.split``).
+SPLITS = ("test", "val")
 
 #: {evaluator: (metrics, protocol)}, the shape the store and metrics.json take.
 Recorded = dict[str, tuple[dict[str, float], dict[str, Any]]]
@@ -48,7 +59,7 @@ class Subject:
     cache_key: dict[str, Any]  # the features cache is reused only for an equal key (weights included)
     feature: Any  # the "features" entry of every metric's protocol record
     label: str = ""  # progress-bar prefix
-    extra: Callable[[], Sequence[tuple[str, Any]]] | None = None  # the method's own evaluations
+    extra: Callable[[Any], Sequence[tuple[str, Any]]] | None = None  # the method's own evaluations of the scored dataset
     extra_source: str = ""  # who provides ``extra`` (for messages), e.g. "method 'ddm' from package 'ssl-bench'"
     recompute: bool = False  # ignore a cached features file
 
@@ -114,17 +125,54 @@ def describe(ev: BuiltEvaluator) -> str:
     return f"evaluator '{ev.name}' from package '{ev.package}'"
 
 
+def eval_split(cfg: Any) -> str:
+    """The split ``cfg`` is scored on (``eval.split``; a config from before the key existed: test)."""
+    return (cfg.get("eval") or {}).get("split") or "test"
+
+
+def split_key(cfg: Any, split: str) -> dict[str, Any]:
+    """What the features cache key adds for the scored split: nothing for the test split of a run
+    without a validation split (the key such runs always had), else the split and how it was drawn,
+    so validation features are never scored as test features (nor the reverse)."""
+    fraction = cfg.dataset.get("val_fraction")
+    if split == "test" and fraction is None:
+        return {}
+    return {"eval_data": {"split": split, "val_fraction": fraction, "val_seed": cfg.dataset.get("val_seed")}}
+
+
+def scored_dataset(dataset: Any, split: str) -> Any:
+    """``dataset`` as the evaluators see it: its ``test`` is the split they score (the validation
+    split stands in for it), so no evaluator can reach the test images of a validation scoring."""
+    if split == "test":
+        return dataset
+    return replace(dataset, test=dataset.split(split), val=None)
+
+
+def split_metrics(metrics: dict[str, float], protocol: dict[str, Any], split: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """A result under its split's names: validation metrics as ``val_<name>`` with ``"split": "val"``
+    in the protocol record; test results as they always were."""
+    if split == "test":
+        return metrics, protocol
+    return {f"{VAL_PREFIX}{k}": v for k, v in metrics.items()}, {**protocol, "split": split}
+
+
 def score(
     subject: Subject, dataset: Any, run_dir: Path, evaluators: list[BuiltEvaluator], cfg: Any, ctx: Any,
+    split: str | None = None,
 ) -> Recorded | None:
-    """Score ``subject`` with ``evaluators``; the checked results on the main rank, None on the others.
+    """Score ``subject`` with ``evaluators`` on ``split`` (None: ``cfg.eval.split``); the checked
+    results on the main rank, None on the others.
 
     Under torchrun every rank calls this: each extracts its shard of the features and of the
     augmented probe's batches; only the main rank evaluates features and gets the results.
     """
     device = ctx.device
-    feats = cached_features(run_dir, subject.fn, dataset, cfg.eval.batch_size, device, subject.cache_key,
-                            recompute=subject.recompute, ctx=ctx, label=subject.label)
+    split = split or eval_split(cfg)
+    dataset = scored_dataset(dataset, split)
+    key = {**subject.cache_key, **split_key(cfg, split)}
+    label = subject.label if split == "test" else f"{subject.label} {split}".strip()
+    feats = cached_features(run_dir, subject.fn, dataset, cfg.eval.batch_size, device, key,
+                            recompute=subject.recompute, ctx=ctx, label=label)
     image_results: dict[str, Any] = {}
     for ev in evaluators:
         if ev.needs_images:
@@ -143,7 +191,7 @@ def score(
     def check(source: str, name: str, res: Any) -> None:
         metrics, protocol = checked_result(source, res)
         preds = checked_predictions(source, res, metrics, n_test)
-        recorded[name] = (metrics, {**protocol, "features": subject.feature})
+        recorded[name] = split_metrics(metrics, {**protocol, "features": subject.feature}, split)
         if preds:
             predictions[name] = preds
 
@@ -155,10 +203,10 @@ def score(
                 feats["train"], feats["train_labels"], feats["test"], feats["test_labels"], dataset.info.num_classes))
         check(describe(ev), ev.name, res)
     if subject.extra is not None:
-        for name, res in _call(subject.extra_source, subject.extra):
+        for name, res in _call(subject.extra_source, lambda: subject.extra(dataset)):
             check(f"{subject.extra_source} (evaluation '{name}')", name, res)
-    # written on every scoring, also without predictions, so an earlier scoring's file never outlives it
-    write_predictions(run_dir, subject.cache_key, feats["test_labels"], predictions)
+    if split == "test":  # written on every test scoring, also without predictions, so an earlier scoring's file never outlives it
+        write_predictions(run_dir, key, feats["test_labels"], predictions)
     return recorded
 
 
@@ -171,15 +219,24 @@ def flat_metrics(recorded: Recorded) -> dict[str, float]:
 
 
 def summary(metrics: Mapping[str, float]) -> str:
-    """The headline accuracies as one log line (``knn_top1 63.6%, linear_top1 89.7%``)."""
-    return ", ".join(f"{k} {100 * v:.1f}%" for k, v in metrics.items() if k in ("knn_top1", "linear_top1") and v is not None)
+    """The headline accuracies as one log line (``knn_top1 63.6%, linear_top1 89.7%``; on the
+    validation split ``val_knn_top1 ...``)."""
+    heads = ("knn_top1", "linear_top1")
+    heads += tuple(VAL_PREFIX + k for k in heads)
+    return ", ".join(f"{k} {100 * v:.1f}%" for k, v in metrics.items() if k in heads and v is not None)
 
 
-def write_metrics_json(run_dir: Path, recorded: Recorded) -> None:
-    """``RUN_DIR/metrics.json``: every evaluator's metrics and protocol, atomically (a kill or a full
-    disk leaves the previous file whole). Keys sorted at every level, so the bytes depend only on the
-    values: the same config, seed, machine and thread count give the same file, and a resumed run
-    writes the same bytes as an uninterrupted one whatever order its records were built in."""
+def metrics_json_name(split: str) -> str:
+    """The file in a run directory that holds the scores of ``split``."""
+    return METRICS_JSON if split == "test" else VAL_METRICS_JSON
+
+
+def write_metrics_json(run_dir: Path, recorded: Recorded, split: str = "test") -> None:
+    """``RUN_DIR/metrics.json`` (the test split; ``metrics-val.json`` for the validation split): every
+    evaluator's metrics and protocol, atomically (a kill or a full disk leaves the previous file
+    whole). Keys sorted at every level, so the bytes depend only on the values: the same config,
+    seed, machine and thread count give the same file, and a resumed run writes the same bytes as an
+    uninterrupted one whatever order its records were built in."""
     text = json.dumps({n: {"metrics": m, "protocol": p} for n, (m, p) in recorded.items()}, indent=1, default=str,
                       sort_keys=True)
-    atomic_write_text(Path(run_dir) / METRICS_JSON, text)
+    atomic_write_text(Path(run_dir) / metrics_json_name(split), text)
