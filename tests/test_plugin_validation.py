@@ -218,7 +218,7 @@ def test_command_cannot_shadow_a_builtin_or_another_plugin():
     from ssl_bench.hookspecs import BUILTIN_COMMAND_NAMES
 
     # the registry reserves the names hookspecs lists; the parser must build exactly those
-    assert sorted(builtin_command_names()) == sorted(BUILTIN_COMMAND_NAMES) == ["eval", "leaderboard", "list", "run", "sweep"]
+    assert sorted(builtin_command_names()) == sorted(BUILTIN_COMMAND_NAMES) == ["compare", "eval", "leaderboard", "list", "run", "sweep"]
     a = _module("a_cmds", ssl_bench_commands={"run": Hello, "twin": Hello})
     b = _module("b_cmds", ssl_bench_commands={"twin": Hello})
     reg = _commands_only(("a-pkg", a), ("b-pkg", b))
