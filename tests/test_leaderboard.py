@@ -21,7 +21,7 @@ TAIL_COLUMNS = ["wall time (s)", "throughput (img/s)", "labels", "baseline", "se
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """The metric columns, checked to come with their companions and to sit between the fixed columns and the tail."""
     cols = df.attrs["metric_columns"]
-    assert list(df.columns[:5]) == ["method", "backbone", "dataset", "epochs", "n"]
+    assert list(df.columns[:6]) == ["row", "method", "backbone", "dataset", "epochs", "n"]
     assert list(df.columns[-len(TAIL_COLUMNS):]) == TAIL_COLUMNS
     for c in cols:
         assert {f"{c} sd", f"{c} lo", f"{c} hi", f"{c} best"} <= set(df.columns)

@@ -219,7 +219,7 @@ def test_leaderboard_latest_finished_and_baselines_first(store: ResultsStore) ->
     assert space["dit"] == "pixel" and space.drop("dit").isna().all()
     labels = df.set_index("method")["labels"]
     assert labels["dit"] and not labels["mae"]
-    assert list(df.columns[:6]) == ["method", "backbone", "dataset", "epochs", "n", KNN_COL]
+    assert list(df.columns[:7]) == ["row", "method", "backbone", "dataset", "epochs", "n", KNN_COL]
 
     md = render(df, "md")
     assert "55.5" in md and "44.4" in md and "70.0" in md and "3.457" in md
@@ -251,7 +251,7 @@ def test_leaderboard_filters_and_knn_k(store: ResultsStore) -> None:
 
 
 #: The leaderboard's columns when no run has more than the core metrics (README "Leaderboard").
-EMPTY_LEADERBOARD_COLUMNS = ["method", "backbone", "dataset", "epochs", "n", "k-NN top-1 (k=20)", "k-NN top-1 (k=20) 95% CI",
+EMPTY_LEADERBOARD_COLUMNS = ["row", "backbone", "dataset", "epochs", "n", "k-NN top-1 (k=20)", "k-NN top-1 (k=20) 95% CI",
                              "k-NN top-1 (k=20) gain", "linear top-1", "linear top-1 95% CI", "linear top-1 gain",
                              "wall time (s)", "throughput (img/s)", "labels"]
 
@@ -265,7 +265,7 @@ def test_empty_leaderboard_renders_its_header(store: ResultsStore) -> None:
     assert render(df, "csv") == ",".join(df.columns) + "\n"  # csv: the numeric frame (sd, lo, hi, best, run ids)
     assert {"linear top-1 sd", "linear top-1 lo", "linear top-1 hi", "linear top-1 best", "seeds", "run_ids", "settings"} <= set(df.columns)
     html = render(df, "html")
-    html_columns = EMPTY_LEADERBOARD_COLUMNS + ["baseline", "seeds", "run_ids", "settings"]  # html keeps what md leaves out
+    html_columns = ["row", "method"] + EMPTY_LEADERBOARD_COLUMNS[1:] + ["baseline", "seeds", "run_ids", "settings"]  # html keeps what md leaves out
     assert re.findall(r"<th>(.*?)</th>", html) == html_columns and "<td>" not in html
 
 

@@ -106,8 +106,8 @@ def test_variants_and_seeds_are_rows(store: ResultsStore) -> None:
     _run(store, "mae", 1, 0.5, variant={"label": "mae", "settings": {}})  # a rerun of seed 1 replaces it
     _run(store, "random-init", 0, 0.2, baseline=True)
     df = build_leaderboard(store)
-    t = df.set_index("method")
-    assert df["method"].tolist() == ["random-init", "mae", "mae · corruption=additive-latent-noise"]
+    t = df.set_index("row")
+    assert df["row"].tolist() == ["random-init", "mae", "mae · corruption=additive-latent-noise"]
     assert t.loc["mae", "n"] == 3 and t.loc["mae", "seeds"] == "0,1,2"
     assert t.loc["mae", LINEAR_COL] == 77.2  # (91.7 + 50.0 + 90.0) / 3
     noise = t.loc["mae · corruption=additive-latent-noise"]
@@ -127,14 +127,14 @@ def test_best_marks_only_rows_the_intervals_cannot_separate(store: ResultsStore)
     for seed in range(3):
         _run(store, "a", seed, 0.90 + 0.001 * seed)
         _run(store, "b", seed, 0.50 + 0.001 * seed)
-    t = build_leaderboard(store).set_index("method")
+    t = build_leaderboard(store).set_index("row")
     assert t.loc["a", f"{LINEAR_COL} best"] and not t.loc["b", f"{LINEAR_COL} best"]
 
 
 def test_a_name_never_merges_two_configurations(store: ResultsStore) -> None:
     _run(store, "mae", 0, 0.8, variant={"label": "mine", "settings": {"train.blr": 0.001}})
     second = _run(store, "mae", 0, 0.7, variant={"label": "mine", "settings": {"train.blr": 0.01}})
-    assert sorted(build_leaderboard(store)["method"]) == ["mine", f"mine #{second}"]
+    assert sorted(build_leaderboard(store)["row"]) == ["mine", f"mine #{second}"]
 
 
 def test_runs_table_lists_every_seed_and_validation_runs(store: ResultsStore) -> None:
@@ -143,7 +143,7 @@ def test_runs_table_lists_every_seed_and_validation_runs(store: ResultsStore) ->
     rid = store.add_run(RunRecord(method="mae", backbone="vit-nano", dataset="digits", seed=0,
                                   variant_json={"label": "mae · blr=0.01", "settings": {"train.blr": 0.01}}))
     store.finish_run(rid, {"linear": ({"val_linear_top1": 0.6}, {"split": "val"})})
-    assert build_leaderboard(store)["method"].tolist() == ["mae"]  # validation only: not a test number
+    assert build_leaderboard(store)["row"].tolist() == ["mae"]  # validation only: not a test number
     runs = runs_table(store)
     assert runs["seed"].tolist() == [0, 1, 0] and runs["validation only"].tolist() == [False, False, True]
     assert runs["val_linear_top1"].iloc[2] == 60.0 and pd.isna(runs["linear_top1"].iloc[2])

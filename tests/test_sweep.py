@@ -53,7 +53,9 @@ def test_each_point_holds_back_a_validation_split_and_is_scored_on_it(registry, 
     point = GridPoint("train.blr=3e-4", ("train.blr=3e-4",))
     cfg = point_config("mae", registry, point, 2, sweep_id="mae-x", folder=tmp_path, cli={"backbone.name": "vit-nano"})
     assert (cfg.dataset.val_fraction, cfg.dataset.val_seed, cfg.eval.split) == (0.1, 0, "val")
-    assert (cfg.train.blr, cfg.seed, cfg.name, cfg.sweep) == (3e-4, 2, "mae · train.blr=3e-4", "mae-x")
+    assert (cfg.train.blr, cfg.seed, cfg.name, cfg.sweep) == (3e-4, 2, None, "mae-x")  # the row identity labels it
+    named = point_config("mae", registry, point, 2, sweep_id="mae-x", folder=tmp_path, set_items=["name=mine"])
+    assert named.name == "mine · train.blr=3e-4"
     assert Path(cfg.out) == tmp_path / "train.blr=3e-4"
     own = point_config("mae", registry, point, 0, sweep_id="mae-x", folder=tmp_path, set_items=["dataset.val_fraction=0.2"])
     assert own.dataset.val_fraction == 0.2
@@ -116,7 +118,7 @@ def test_a_sweep_selects_on_validation_and_scores_only_the_selection_on_test(tmp
     configs = {int(r.id): json.loads(r.config_json) for r in runs.itertuples()}
     sweep_ids = {c["sweep"] for c in configs.values()}
     assert len(sweep_ids) == 1 and all(c["dataset"]["val_fraction"] == 0.1 for c in configs.values())
-    label = {rid: c["name"].split(" · ", 1)[1] for rid, c in configs.items()}
+    label = {rid: f"train.blr={c['train']['blr']:g}" for rid, c in configs.items()}
     val = metrics[metrics["name"] == "val_linear_top1"].assign(label=lambda f: f["run_id"].map(label))
     means = val.groupby("label")["value"].mean()
     best = means.idxmax()

@@ -34,7 +34,7 @@ from .store import ResultsStore
 LOWER_IS_BETTER: frozenset[str] = frozenset({"nll_bpd"})
 #: Metrics that get a ``gain`` column: the row's mean minus its own untrained network's.
 GAIN_METRICS: tuple[str, ...] = ("knn_top1", "linear_top1")
-FIXED_COLUMNS: tuple[str, ...] = ("method", "backbone", "dataset", "epochs", "n")
+FIXED_COLUMNS: tuple[str, ...] = ("row", "method", "backbone", "dataset", "epochs", "n")
 TAIL_COLUMNS: tuple[str, ...] = (WALL_COL, THROUGHPUT_COL, LABELS_COL, "baseline", "seeds", "run_ids", "settings")
 
 
@@ -239,7 +239,8 @@ def build_leaderboard(store: ResultsStore, dataset: str | None = None, backbone:
     """One row per configuration (method + the settings that differ from its defaults, backbone,
     dataset, data and probe settings), aggregated over its seeds (the latest run of each).
 
-    For every metric column C: C is the mean over seeds (accuracies in percent), ``C sd`` the
+    ``row`` is the configuration's label (``method`` the registered method it runs). For every
+    metric column C: C is the mean over seeds (accuracies in percent), ``C sd`` the
     sample standard deviation (n >= 2), ``C lo`` / ``C hi`` the 95% interval (:mod:`.stats`: the seed
     spread together with test-set sampling), ``C best`` whether the row cannot be told apart from the
     column's best, and for the k-NN and linear columns ``C gain`` the mean minus that of the row's own
@@ -261,7 +262,7 @@ def build_leaderboard(store: ResultsStore, dataset: str | None = None, backbone:
     out_rows = []
     damaged: list[tuple[int, str]] = []
     for i, r in enumerate(rows):
-        out: dict[str, Any] = {"method": r.label, "backbone": r.backbone, "dataset": labels[i], "epochs": r.epochs, "n": len(r.runs)}
+        out: dict[str, Any] = {"row": r.label, "method": r.method, "backbone": r.backbone, "dataset": labels[i], "epochs": r.epochs, "n": len(r.runs)}
         partner = None if r.baseline else untrained_partner(r, rows)
         for c in columns_m:
             got = summaries[c.column][i]

@@ -6,7 +6,7 @@ glance. Figures are built on :class:`matplotlib.figure.Figure` with the Agg canv
 ``pyplot``: importing this module changes no global matplotlib state (backend, rcParams, open
 figures), so it is safe inside a notebook or a host program that has its own backend.
 
-The leaderboard frame follows the contract of ``build_leaderboard``: "method" (the row label),
+The leaderboard frame follows the contract of ``build_leaderboard``: "row" (the row label),
 "backbone", "dataset", "baseline" and, for each metric column C in ``df.attrs["metric_columns"]``,
 C (mean), f"{C} lo" / f"{C} hi" (95% interval) and f"{C} best" (cannot be told apart from the best).
 """
@@ -55,13 +55,15 @@ def _number(v: Any) -> float | None:
 
 
 def row_labels(df: pd.DataFrame) -> list[str]:
-    """The label of each row: "method", plus dataset / backbone where the frame holds more than one,
-    e.g. "mae (digits, vit-nano)"; a single dataset and backbone go in the figure title instead."""
+    """The label of each row: its "row" label (the leaderboard's; "method" in a frame without one),
+    plus dataset / backbone where the frame holds more than one, e.g. "mae (digits, vit-nano)"; a
+    single dataset and backbone go in the figure title instead."""
     context = [c for c in LABEL_CONTEXT if c in df.columns and df[c].dropna().nunique() > 1]
+    name = "row" if "row" in df.columns else "method"
     labels = []
     for _, row in df.iterrows():
         extra = ", ".join(str(row[c]) for c in context if pd.notna(row[c]))
-        labels.append(f"{row['method']} ({extra})" if extra else str(row["method"]))
+        labels.append(f"{row[name]} ({extra})" if extra else str(row[name]))
     return labels
 
 

@@ -78,8 +78,9 @@ def display(df: pd.DataFrame) -> pd.DataFrame:
 
 #: Companion columns of a metric column C (``C sd`` ...) folded into readable cells by :func:`readable`.
 SPREAD_SUFFIXES: tuple[str, ...] = (" sd", " lo", " hi", " best")
-#: Leaderboard columns kept out of the markdown table (csv and html carry them).
-MD_HIDDEN: tuple[str, ...] = ("settings", "seeds", "run_ids", "baseline")
+#: Leaderboard columns kept out of the markdown table (csv and html carry them); the row label
+#: names the method already.
+MD_HIDDEN: tuple[str, ...] = ("method", "settings", "seeds", "run_ids", "baseline")
 #: Appended to a mean that cannot be told apart from its column's best.
 BEST_MARK = " *"
 

@@ -39,6 +39,7 @@ from ssl_bench.errors import ConfigError, SSLBenchError
 from ssl_bench.files import atomic_write_text
 from ssl_bench.results import is_accuracy_metric, metrics_by_run
 from ssl_bench.results.records import VAL_PREFIX
+from ssl_bench.results.stats import mean_sd
 from ssl_bench.run.assemble import method_config
 from ssl_bench.run.resume import comparable
 from ssl_bench.run.runs import check_run, evaluate_run, run_method
@@ -201,7 +202,8 @@ def point_config(
 ) -> Any:
     """The resolved config of one grid point at one seed: the run's layers with the point's values
     as the last ``--set`` items, a validation split (the config's own ``dataset.val_fraction``, else
-    :data:`DEFAULT_VAL_FRACTION`), scored on it, ``name`` and ``sweep`` set, runs under ``folder``."""
+    :data:`DEFAULT_VAL_FRACTION`), scored on it, ``sweep`` set (and a given ``name`` suffixed with the
+    point), runs under ``folder``."""
     clash = sorted(set(parse_set_items(set_items)) & set(parse_set_items(point.set_items)))
     if clash:
         raise ConfigError(f"{', '.join(clash)} is both on the grid and in --set; drop it from one of them")
@@ -210,7 +212,8 @@ def point_config(
     fraction = cfg.dataset.get("val_fraction")
     cfg.merge_from_dict({
         "dataset.val_fraction": DEFAULT_VAL_FRACTION if fraction is None else fraction,
-        "eval.split": "val", "name": f"{method} · {point.label}", "sweep": sweep_id,
+        # a row label only when the user named the configuration: else the row identity labels it (method + what differs)
+        "eval.split": "val", "name": f"{cfg.name} · {point.label}" if cfg.get("name") else None, "sweep": sweep_id,
     })
     validate_config(cfg)
     return cfg
@@ -295,8 +298,8 @@ def stored_scores(store: Any, runs: Sequence[SweepRun], name: str) -> dict[str, 
 
 def _mean_sd(values: Sequence[float]) -> str:
     """Accuracies (fractions) as ``88.0 ± 0.5 (3)`` in percent; one value has no sd."""
-    s = pd.Series(list(values), dtype=float) * 100
-    return f"{s.mean():.1f} ({len(s)})" if len(s) < 2 else f"{s.mean():.1f} ± {s.std(ddof=1):.1f} ({len(s)})"
+    mean, sd = mean_sd(values)
+    return f"{100 * mean:.1f} ({len(values)})" if sd is None else f"{100 * mean:.1f} ± {100 * sd:.1f} ({len(values)})"
 
 
 def selection_line(result: SweepResult) -> str:
