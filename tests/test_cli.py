@@ -49,7 +49,7 @@ def test_run_eval_leaderboard(capsys, tmp_path):
     assert "knn_top1" in capsys.readouterr().out
     assert main(["leaderboard", "--format", "csv", "--out", out]) == 0
     csv = capsys.readouterr().out
-    assert csv.splitlines()[0].startswith("method") and "mae" in csv
+    assert csv.splitlines()[0].startswith("row,method") and "mae" in csv
     assert main(["leaderboard", "--layout", "table4", "--out", out]) == 0
     assert "paper" in capsys.readouterr().out
     assert main(["leaderboard", "--results", out]) == 0  # a folder holding results.db
