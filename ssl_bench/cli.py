@@ -48,11 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         registry.get("method", m)
     configs = []  # (method, seed, config) in the order they run: every method of one seed, then the next seed
     for seed in run_seeds(args):
-        cli = {
-            "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
-            "train.epochs": args.epochs, "train.batch_size": args.batch_size, "seed": seed,
-            "train.device": args.device, "out": args.out, "name": args.name,
-        }
+        cli = {**_training_layer(args), "seed": seed, "out": args.out, "name": args.name}
         layers = dict(user_config=args.config, cli=cli, set_items=args.set or ())
         for m in args.methods:
             cfg = resume_config(m, registry, args.resume, **layers) if args.resume else method_config(m, registry, **layers)
@@ -135,10 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     registry = get_registry()
     registry.get("method", args.method)  # a wrong name fails before anything is made
     grid = parse_grid(args.grid)
-    cli = {
-        "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
-        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.device": args.device,
-    }
+    cli = _training_layer(args)
     with distributed_session(args.device or "auto") as ctx:
         store = recording_store(args, ctx.is_main)
         result = run_sweep(args.method, registry, store, ctx, grid=grid, seeds=args.seeds, set_items=args.set or (),
@@ -151,7 +144,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from ssl_bench.results import ResultsStore, build_leaderboard, build_table4, render
-
     from ssl_bench.results.plot import leaderboard_outputs
     from ssl_bench.results.rows import runs_table
 
@@ -195,26 +187,39 @@ def _nothing_for(store: Any, path: Path, dataset: str | None, backbone: str | No
             f"backbones: {', '.join(backbones) or 'none'}); check the spelling or run one first")
 
 
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """The options ``run`` and ``sweep`` share: what trains where, and the config layers on top."""
+    p.add_argument("--backbone", help="backbone name, e.g. vit-nano, vit-tiny, vit-s, vit-b, vit-l (default from config: vit-tiny)")
+    p.add_argument("--dataset", help="dataset name: digits (offline default), fashion-mnist, cifar10, cifar100, stl10, imagefolder, imagenet-1k")
+    p.add_argument("--data-root", help="where the dataset lives or is downloaded to")
+    p.add_argument("--epochs", type=int, help="pre-training epochs")
+    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--config", help="an mmengine Config python file overriding the method's defaults")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. --set train.blr=1e-3 method.corruption.mask_ratio=0.6")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+
+
+def _training_layer(args: argparse.Namespace) -> dict[str, Any]:
+    """The config layer of the shared training options (None: the config's own value)."""
+    return {
+        "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.device": args.device,
+    }
+
+
 def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     """The CLI's own subcommands; a plugin command may not take one of these names."""
     run = sub.add_parser("run", help="train methods, evaluate them and the baselines, print the leaderboard",
                          description="Train each METHOD, score it by k-NN and linear probe on frozen features, "
                                      "add the pixels and random-init baselines, and print the leaderboard.")
     run.add_argument("methods", nargs="+", metavar="METHOD", help="registered method names (see `ssl-bench list`)")
-    run.add_argument("--backbone", help="backbone name, e.g. vit-nano, vit-tiny, vit-s, vit-b, vit-l (default from config: vit-tiny)")
-    run.add_argument("--dataset", help="dataset name: digits (offline default), fashion-mnist, cifar10, cifar100, stl10, imagefolder, imagenet-1k")
-    run.add_argument("--data-root", help="where the dataset lives or is downloaded to")
-    run.add_argument("--epochs", type=int, help="pre-training epochs")
-    run.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
-    run.add_argument("--config", help="an mmengine Config python file overriding the method's defaults")
-    run.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key, e.g. --set train.blr=1e-3 method.corruption.mask_ratio=0.6")
+    _add_training_options(run)
     run.add_argument("--seed", type=int, help="random seed (default 0); same seed, same device -> same metrics")
     run.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                      help="train every METHOD once per seed (e.g. --seeds 0 1 2); the leaderboard shows each configuration's "
                           "mean, sd and 95%% interval over its seeds")
     run.add_argument("--name", help="the leaderboard label of this configuration (default: the method name plus the "
                                     "settings that differ from its defaults); a name never merges two configurations")
-    run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                      help="continue the latest run of each method (or RUN_DIR) from its last checkpoint")
     run.add_argument("--no-baselines", action="store_true", help="skip the pixels and random-init rows")
@@ -283,14 +288,7 @@ def _add_builtin_commands(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED", help="seeds run at every grid point (default: 0)")
     sw.add_argument("--select", default="linear_top1",
                     help="the accuracy selected on, read as its validation score (default: linear_top1; or knn_top1)")
-    sw.add_argument("--backbone", help="backbone name (default from config: vit-tiny)")
-    sw.add_argument("--dataset", help="dataset name (default from config: digits)")
-    sw.add_argument("--data-root", help="where the dataset lives or is downloaded to")
-    sw.add_argument("--epochs", type=int, help="pre-training epochs")
-    sw.add_argument("--batch-size", type=int, help="global batch size")
-    sw.add_argument("--config", help="an mmengine Config python file overriding the method's defaults")
-    sw.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key for every grid point")
-    sw.add_argument("--device", help="auto (default), cpu or cuda")
+    _add_training_options(sw)
     add_output_options(sw)
     sw.set_defaults(func=cmd_sweep)
 
