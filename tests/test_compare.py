@@ -44,7 +44,7 @@ def test_compare_pairs_seeds_on_known_predictions(tmp_path: Path) -> None:
     assert c.mcnemar_p == {0: pytest.approx(0.0078125), 1: pytest.approx(0.015625)}
     assert c.lo > 0 and c.verdict("a", "bb").startswith("a is better by 37.5 points [")
     text = report(a, b, c)
-    assert "A - B: +37.5 points" in text and "seed 0: 0.00781" in text
+    assert "A - B: +37.5 points" in text and "seed 0: +40.0 (p 0.00781)" in text and "seed 1: +35.0 (p 0.0156)" in text
     with pytest.raises(SSLBenchError, match="no leaderboard row 'nope'"):
         compare_rows(store, "a", "nope")
     with pytest.raises(SSLBenchError, match="same row"):
@@ -78,7 +78,7 @@ def test_two_configurations_with_seeds_compare_and_plot(tmp_path: Path) -> None:
     assert all(" ± " in ln and "[" in ln for ln in lines)  # mean ± sd (n = 2) and the 95% interval
     cmp = cli("compare", "mae-noise", "1", "--results", "r.db", cwd=tmp_path)  # a label, or any run id of a row
     assert cmp.returncode == 0, cmp.stderr
-    assert "McNemar exact p per seed: seed 0:" in cmp.stdout and ("is better by" in cmp.stdout or "within noise" in cmp.stdout)
+    assert "per seed, A - B (McNemar exact p): seed 0: " in cmp.stdout and ("is better by" in cmp.stdout or "within noise" in cmp.stdout)
     lb = cli("leaderboard", "--results", "r.db", "--plot", "lb.png", cwd=tmp_path)
     assert lb.returncode == 0, lb.stderr
     assert (tmp_path / "lb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -142,3 +142,13 @@ def test_verdict_within_noise():
     )
     one_seed = PairedComparison("knn_top1", 1, 40, 0.725, 0.625, 0.1, -0.075, 0.275)
     assert one_seed.verdict("x", "y").endswith("pooled over 1 seed)")
+
+
+def test_verdict_says_when_single_seeds_split_in_opposite_directions():
+    """Pooled within noise, but seed 0 has A significantly ahead and seed 1 B: the verdict says so."""
+    split = PairedComparison("linear_top1", 2, 360, 0.80, 0.80, 0.0, -0.01, 0.01,
+                             mcnemar_p={0: 0.001, 1: 0.002}, seed_diff={0: 0.05, 1: -0.05})
+    assert split.seeds_split() and split.verdict("A", "B").endswith("so the difference depends on the seed")
+    same = PairedComparison("linear_top1", 2, 360, 0.80, 0.80, 0.0, -0.01, 0.01,
+                            mcnemar_p={0: 0.001, 1: 0.5}, seed_diff={0: 0.05, 1: -0.05})
+    assert not same.seeds_split() and same.verdict("A", "B").endswith("pooled over 2 seeds)")

@@ -110,14 +110,14 @@ def main() -> None:
         if a in arm_rows and b in arm_rows:
             for metric in ("linear_top1", "knn_top1"):
                 ra, rb, c = compare_rows(store, arm_rows[a], arm_rows[b], metric, args.dataset, args.backbone)
-                pairs.append(f"- {metric}: {c.verdict(ra.label, rb.label)}; McNemar p per seed "
-                             + ", ".join(f"{s}: {pv:.3g}" for s, pv in sorted(c.mcnemar_p.items())))
+                pairs.append(f"- {metric}: {c.verdict(ra.label, rb.label)}; per seed, A - B (McNemar exact p): "
+                             + ", ".join(f"seed {s}: {100 * c.seed_diff[s]:+.1f} (p {pv:.3g})" for s, pv in sorted(c.mcnemar_p.items())))
     sweep_text = "\n\n".join(
         f"**{network}, {corruption}** (`{name}`): {selection_line(r)}\n\n{sweep_frame(r).to_markdown(index=False, disable_numparse=True)}"
         for network, corruption, name, r in sweeps)
     text = (f"dataset {args.dataset}, backbone {args.backbone}, seeds {' '.join(map(str, args.seeds))}, "
-            f"{torch.get_num_threads()} thread(s), {len(dataset.train)} train images less a stratified 10% validation split "
-            f"/ {len(dataset.test)} test images, total {time.perf_counter() - t_start:.0f} s\n\n"
+            f"{torch.get_num_threads()} thread(s), {len(dataset.train)} training images (after holding back a stratified "
+            f"{len(dataset.val)}-image validation split) / {len(dataset.test)} test images, total {time.perf_counter() - t_start:.0f} s\n\n"
             f"## Learning rate per arm, chosen on validation\n\n{sweep_text}\n\n"
             f"## Test, selected learning rate per arm (mean ± sd over seeds, 95% interval; * = cannot be told apart from "
             f"the column's best; gain = over the row's own untrained network)\n\n{table}\n\n"

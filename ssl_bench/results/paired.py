@@ -125,7 +125,8 @@ class PairedComparison:
     """A - B on one metric, paired image by image over the seeds both rows have.
 
     Accuracies and the difference are fractions; :meth:`verdict` says them in percentage points.
-    ``mcnemar_p``: seed -> McNemar's exact p of that seed's pair.
+    ``mcnemar_p``: seed -> McNemar's exact p of that seed's pair; ``seed_diff``: seed -> that pair's
+    A - B, so a pooled "within noise" made of seeds that each differ, in opposite directions, is seen.
     """
 
     metric: str
@@ -139,6 +140,12 @@ class PairedComparison:
     mcnemar_p: dict[int, float] = field(default_factory=dict)
     confidence: float = 0.95
     method: str = "BCa"
+    seed_diff: dict[int, float] = field(default_factory=dict)
+
+    def seeds_split(self, alpha: float = 0.05) -> bool:
+        """Whether single seeds differ significantly (McNemar p < ``alpha``) in opposite directions."""
+        signs = {np.sign(self.seed_diff[s]) for s, p in self.mcnemar_p.items() if p < alpha and s in self.seed_diff}
+        return len(signs - {0.0}) > 1
 
     @property
     def significant(self) -> bool:
@@ -154,8 +161,10 @@ class PairedComparison:
             return f"{label_a} is better by {_points(self.diff)} points [{_points(self.lo)}, {_points(self.hi)}] {how}"
         if self.hi < 0:
             return f"{label_b} is better by {_points(-self.diff)} points [{_points(-self.hi)}, {_points(-self.lo)}] {how}"
+        split = ("; single seeds differ significantly in opposite directions, so the difference depends on the seed"
+                 if self.seeds_split() else "")
         return (f"{label_a} and {label_b} are within noise: difference {_points(self.diff)} points "
-                f"[{_points(self.lo)}, {_points(self.hi)}] {how}")
+                f"[{_points(self.lo)}, {_points(self.hi)}] {how}{split}")
 
 
 Scored = Mapping[int, tuple[Any, Any]]  # seed -> (preds [M] int, labels [M] int)
@@ -209,4 +218,5 @@ def compare_predictions(
         mean_a=float(ca.mean()), mean_b=float(cb.mean()), diff=diff, lo=lo, hi=hi,
         mcnemar_p={s: mcnemar_exact_p(ca[i], cb[i]) for i, s in enumerate(shared)},
         confidence=confidence, method=method,
+        seed_diff={s: float(ca[i].mean() - cb[i].mean()) for i, s in enumerate(shared)},
     )

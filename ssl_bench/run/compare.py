@@ -60,7 +60,8 @@ def report(a: ConfigRow, b: ConfigRow, c: PairedComparison) -> str:
         f"  B  {b.label}: {100 * c.mean_b:.1f}",
         f"  A - B: {100 * c.diff:+.1f} points, {round(100 * c.confidence)}% paired bootstrap CI "
         f"[{100 * c.lo:+.1f}, {100 * c.hi:+.1f}] ({c.method})",
-        "  McNemar exact p per seed: " + ", ".join(f"seed {s}: {p:.3g}" for s, p in sorted(c.mcnemar_p.items())),
+        "  per seed, A - B (McNemar exact p): " + ", ".join(
+            f"seed {s}: {100 * c.seed_diff[s]:+.1f} (p {p:.3g})" for s, p in sorted(c.mcnemar_p.items())),
         c.verdict(a.label, b.label),
     ]
     return "\n".join(lines)
