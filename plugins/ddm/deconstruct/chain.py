@@ -750,7 +750,9 @@ def render_table(df: pd.DataFrame, fmt: str) -> str:
     shown = readable_table(df)
     if fmt == "html":
         return shown.to_html(index=False, na_rep="")
-    return shown.to_markdown(index=False, disable_numparse=True)
+    text_cols = (ROW_COL, CHANGE_COL, STEP_FROM_COL, NOTES_COL)
+    colalign = ["left" if c in text_cols else "right" for c in shown.columns]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=colalign)
 
 
 def plot_table(df: pd.DataFrame, path: str | Path, title: str = "") -> bytes:
