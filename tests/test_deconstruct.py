@@ -164,14 +164,16 @@ def test_whole_chain_end_to_end(tmp_path: Path, capsys):
     lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
     assert set(lines) == {s.name for s in dc.STEPS}
     for s in dc.STEPS:
-        # row | what changed | d | linear | random-init linear | k-NN | paper | notes
+        # row | what changed | d | n | linear | its CI | random-init linear | gain | k-NN | its CI | step from | step | paper | notes
         cells = [c.strip() for c in lines[s.name].split("|")[1:-1]]
-        assert cells[6] == ("" if s.paper_acc is None else f"{s.paper_acc:.1f}")  # the paper's number
+        assert cells[12] == ("" if s.paper_acc is None else f"{s.paper_acc:.1f}")  # the paper's number
         if s.config is None:
-            assert "not run" in cells[7] and cells[3] == ""
+            assert "not run" in cells[13] and cells[4] == "" and cells[3] == "0"
         else:
-            for cell in (cells[3], cells[4], cells[5]):  # ours, the row's own untrained network, k-NN
+            assert cells[3] == "1"  # one seed: no sd
+            for cell in (cells[4], cells[6], cells[8]):  # ours, the row's own untrained network, k-NN
                 assert re.fullmatch(r"\d+\.\d", cell), lines[s.name]
+            assert re.fullmatch(r"\[\d+\.\d, \d+\.\d\]", cells[5]) and re.fullmatch(r"[+-]\d+\.\d", cells[7])
     for paper in ("57.5", "62.5", "58.4", "59.0", "63.4", "65.1", "62.4", "63.6", "63.9", "64.5", "61.5", "23.6"):
         assert f" {paper} |" in table
 

@@ -32,26 +32,35 @@ class DeconstructCommand:
         parser.add_argument("--epochs", type=int, help="pre-training epochs of every row")
         parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override any config key in every row")
         parser.add_argument("--seed", type=int, help="random seed (default 0)")
+        parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                            help="train every row once per seed (and its untrained network per seed); the table "
+                                 "shows each row's mean ± sd over these seeds with a 95%% interval")
         parser.add_argument("--device", help="auto (default), cpu or cuda")
         parser.add_argument("--chain-dir", help="the chain's config folder (default: the one shipped with the ddm plugin)")
         parser.add_argument("--no-random-init", action="store_true", help="skip the untrained-network baseline of each row")
         parser.add_argument("--table-only", action="store_true", help="train nothing: rebuild the table from the results store")
         parser.add_argument("--format", default="md", choices=["md", "csv", "html"])
         parser.add_argument("--output", help="also write the table to this file")
+        parser.add_argument("--plot", metavar="FILE.png",
+                            help="also draw ours (mean, 95%% interval) beside the paper's linear probe, row by row")
         add_output_options(parser, default_out="runs/deconstruct")
 
     def run(self, args: argparse.Namespace) -> int:
         from ssl_bench.registry import get_registry
-        from ssl_bench.results import ResultsStore, render
+        from ssl_bench.results import ResultsStore
         from ssl_bench.run import load_dataset
+        from ssl_bench.run.score import eval_split
         from ssl_bench_plugins.ddm.deconstruct import chain as dc
 
         registry = get_registry()
+        if args.seed is not None and args.seeds:
+            raise ConfigError("--seed and --seeds both given; use --seeds 0 1 2 for several seeds or --seed N for one")
+        seeds: list[int | None] = list(dict.fromkeys(args.seeds)) if args.seeds else [args.seed]
         steps = dc.select_steps(args.rows)
         chain_dir = dc.chain_dir_or_error(args.chain_dir)
         cli = {
             "backbone.name": args.backbone, "dataset.name": args.dataset, "dataset.data_root": args.data_root,
-            "train.epochs": args.epochs, "seed": args.seed, "train.device": args.device,
+            "train.epochs": args.epochs, "seed": seeds[0], "train.device": args.device,
         }
         first = next((s for s in steps if s.config is not None), None)
         probe = dc.base_config(first, registry, chain_dir, cli, args.set or ()) if first else None  # dataset, device
@@ -64,9 +73,10 @@ class DeconstructCommand:
             with distributed_session(probe.train.device) as ctx:
                 is_main = ctx.is_main
                 store = recording_store(args, ctx.is_main)  # a new store only once a row is recorded
-                outcomes = dc.run_chain(steps, registry=registry, chain_dir=chain_dir, store=store, ctx=ctx, cli=cli,
-                                        set_items=args.set or (), out=args.out, dataset=dataset,
-                                        random_init=not args.no_random_init)
+                for seed in seeds:  # seed by seed: an interrupted chain leaves whole seeds behind
+                    outcomes += dc.run_chain(steps, registry=registry, chain_dir=chain_dir, store=store, ctx=ctx,
+                                             cli={**cli, "seed": seed}, set_items=args.set or (), out=args.out,
+                                             dataset=dataset, random_init=not args.no_random_init)
         if not is_main:
             return 0
         if not path.is_file() and args.table_only:
@@ -77,12 +87,19 @@ class DeconstructCommand:
             store = ResultsStore(path, readonly=True) if path.is_file() else None
         if store is None:
             raise SSLBenchError(f"nothing was recorded, so there is no results store at {path}; see the errors above")
-        table = dc.build_table(steps, store, dataset=dataset, backbone=backbone, outcomes=outcomes)
-        text = render(table, args.format)
-        print(f"\nDeconstruction chain: {dataset}, {backbone} ({path}); paper: ImageNet-1k, DiT-L (ViT-1/2L encoder)\n")
+        split = eval_split(probe) if probe is not None else "test"
+        table = dc.build_table(steps, store, dataset=dataset, backbone=backbone, outcomes=outcomes, split=split,
+                               seeds=[int(x) for x in seeds if x is not None] if args.seeds else None)
+        text = dc.render_table(table, args.format)
+        scored = "the validation split" if split == "val" else "the test split"
+        print(f"\nDeconstruction chain: {dataset}, {backbone} ({path}), scored on {scored}; mean ± sd over seeds, "
+              f"95% interval (seeds and test-set sampling); paper: ImageNet-1k, DiT-L (ViT-1/2L encoder)\n")
         print(text)
         if args.output:
             Path(args.output).write_text(text)
+        if args.plot:
+            dc.plot_table(table, args.plot, title=f"deconstruction chain: {dataset}, {backbone} (ours) vs the paper")
+            print(f"figure: {args.plot}")
         return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 

@@ -473,25 +473,49 @@ def run_chain(
 # the table, from the results store
 # ---------------------------------------------------------------------------------------------
 
-ROW_COL, CHANGE_COL, D_COL = "row", "what changed", "d"
-LINEAR_COL, RANDOM_COL, KNN_COL, PAPER_COL, NOTES_COL = (
-    "linear top-1", "random-init linear", "k-NN top-1", "paper linear", "notes",
+ROW_COL, CHANGE_COL, D_COL, N_COL = "row", "what changed", "d", "n"
+LINEAR_COL, RANDOM_COL, GAIN_COL, KNN_COL, PAPER_COL, NOTES_COL = (
+    "linear top-1", "random-init linear", "gain over random-init", "k-NN top-1", "paper linear", "notes",
 )
-TABLE_COLUMNS = (ROW_COL, CHANGE_COL, D_COL, LINEAR_COL, RANDOM_COL, KNN_COL, PAPER_COL, NOTES_COL)
+STEP_FROM_COL, STEP_COL = "step from", "step linear"
+#: Per accuracy column C: C (mean, %), f"{C} sd", f"{C} lo", f"{C} hi" (95% interval, %).
+SPREAD = (" sd", " lo", " hi")
+TABLE_COLUMNS = (
+    ROW_COL, CHANGE_COL, D_COL, N_COL,
+    LINEAR_COL, *(LINEAR_COL + x for x in SPREAD), RANDOM_COL, GAIN_COL,
+    KNN_COL, *(KNN_COL + x for x in SPREAD),
+    STEP_FROM_COL, STEP_COL, STEP_COL + " lo", STEP_COL + " hi", PAPER_COL, NOTES_COL,
+)
+#: The metric the step column pairs (the paper's metric; predictions are kept for the test split only).
+STEP_METRIC = "linear_top1"
 
 
-def _tagged_runs(store: Any, dataset: str | None, backbone: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(row -> its latest finished trained run, row -> its latest random-init baseline), as
-    runs-frame records, for dataset / backbone."""
+@dataclass
+class RowRuns:
+    """The runs behind one chain row: seed -> trained run record, seed -> its untrained baseline."""
+
+    trained: dict[int, dict[str, Any]]
+    baseline: dict[int, dict[str, Any]]
+
+    def run_ids(self) -> dict[int, int]:
+        return {s: int(r["id"]) for s, r in self.trained.items()}
+
+
+def _tagged_runs(store: Any, dataset: str | None, backbone: str | None, seeds: Sequence[int] | None = None) -> dict[str, RowRuns]:
+    """row -> its runs per seed (the latest finished trained run and random-init baseline of each
+    seed), as runs-frame records, for dataset / backbone; only ``seeds`` when given."""
     runs = finished_runs(store, dataset, backbone)
-    trained: dict[str, dict[str, Any]] = {}
-    baseline: dict[str, dict[str, Any]] = {}
+    out: dict[str, RowRuns] = {}
     for rec in ([] if runs.empty else runs.sort_values("id").to_dict("records")):
         tag = (json.loads(rec["config_json"] or "{}") or {}).get(TAG_KEY) or {}
-        target = baseline if bool(rec.get("is_baseline")) else trained
+        seed = int(rec["seed"]) if pd.notna(rec.get("seed")) else 0
+        if seeds is not None and seed not in seeds:
+            continue
         for name in tag.get("rows") or []:
-            target[name] = {**rec, "rows": list(tag["rows"])}  # ordered by id: the latest wins
-    return trained, baseline
+            row = out.setdefault(name, RowRuns({}, {}))
+            target = row.baseline if bool(rec.get("is_baseline")) else row.trained
+            target[seed] = {**rec, "rows": list(tag["rows"])}  # ordered by id: the latest wins
+    return out
 
 
 def _latent_dim(protocols: Mapping[str, Mapping[str, Any]]) -> int | None:
@@ -503,38 +527,151 @@ def _latent_dim(protocols: Mapping[str, Mapping[str, Any]]) -> int | None:
     return None
 
 
-def _pct(v: float | None) -> float | None:
-    return None if v is None else round(100.0 * v, 1)
+def _knn(values: Mapping[str, Any], protocols: Mapping[str, Mapping[str, Any]], prefix: str) -> float | None:
+    """k-NN top-1 at k = 20 of the scored split (``prefix`` "" for test, "val_" for validation)."""
+    if not prefix:
+        return knn_top1_k20(dict(values), dict(protocols))
+    return knn_top1_k20({k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)},
+                        {k[len(prefix):]: v for k, v in protocols.items() if k.startswith(prefix)})
+
+
+def _n_test(protocols: Mapping[str, Mapping[str, Any]], metric: str) -> int | None:
+    n = (protocols.get(metric) or {}).get("n_test")
+    return int(n) if n is not None else None
+
+
+def summarise_seeds(values: Sequence[float], n_test: int | None) -> dict[str, float | None]:
+    """mean, sd and the 95% interval (``ssl_bench.results.stats.interval``: seed spread and test-set
+    sampling) of per-seed accuracies (fractions), in percent; all None without values."""
+    from ssl_bench.results.stats import interval, mean_sd
+
+    if not values:
+        return {"": None, " sd": None, " lo": None, " hi": None}
+    mean, sd = mean_sd(values)
+    lo, hi = interval(values, n_test, accuracy=True)
+    pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
+    return {"": pct(mean), " sd": pct(sd), " lo": pct(lo), " hi": pct(hi)}
+
+
+# -- the step column: each row against the row it changes, image by image --------------------
+
+
+def _file_ancestors() -> dict[str, tuple[str, ...]]:
+    """config file -> itself and every file it inherits from (``_base_``), nearest first."""
+    base = {f.name: f.base for f in CHAIN_FILES}
+    out = {}
+    for name in base:
+        chain, cur = [], name
+        while cur in base:
+            chain.append(cur)
+            cur = base[cur]
+        out[name] = tuple(chain)
+    return out
+
+
+def step_reference(steps: Sequence[Step], i: int, runs: Mapping[str, RowRuns]) -> Step | None:
+    """The row that row ``i`` changes one thing of: the nearest earlier row with runs whose config
+    file is this row's file or one it inherits from (so Fig. 5 is read against Table 2's patch PCA,
+    not against the Table-3 row printed above it). None for the chain's root or a row without runs."""
+    s = steps[i]
+    if s.config is None or not (runs.get(s.name) and runs[s.name].trained):
+        return None
+    ancestors = _file_ancestors().get(s.config, (s.config,))
+    for prev in reversed(steps[:i]):
+        if prev.config in ancestors and runs.get(prev.name) and runs[prev.name].trained:
+            return prev
+    return None
+
+
+def _predictions(row: RowRuns, metric: str) -> dict[int, tuple[Any, Any]] | None:
+    """seed -> (predictions [M], test labels [M]) of the row's trained runs; None when a run has none
+    or its file does not reproduce the stored accuracy (never pair stale predictions)."""
+    from ssl_bench.eval.predictions import read_predictions
+
+    out = {}
+    for seed, rec in row.trained.items():
+        got = read_predictions(Path(rec["run_dir"])) if rec.get("run_dir") else None
+        if got is None or metric not in got.preds or got.disagreements({metric: rec.get("_value")}):
+            return None
+        out[seed] = (got.preds[metric], got.labels)
+    return out
+
+
+def step_difference(row: RowRuns, ref: RowRuns, metric: str = STEP_METRIC) -> tuple[float, float, float] | str:
+    """(row - ref, lo, hi) in points: the paired bootstrap 95% interval over test images pooled over
+    the shared seeds (``ssl_bench.results.paired.compare_predictions``); or why there is none."""
+    from ssl_bench.results.paired import PairingError, compare_predictions
+
+    if row.run_ids() == ref.run_ids():
+        return "same run"
+    a, b = _predictions(row, metric), _predictions(ref, metric)
+    if a is None or b is None:
+        return "no predictions"
+    try:
+        c = compare_predictions(a, b, metric)
+    except PairingError as exc:
+        log.warning("step %s: %s", metric, exc)
+        return "not paired"
+    return 100.0 * c.diff, 100.0 * c.lo, 100.0 * c.hi
 
 
 def build_table(
     steps: Sequence[Step], store: Any, dataset: str | None = None, backbone: str | None = None,
-    outcomes: Sequence[StepRun] = (),
+    outcomes: Sequence[StepRun] = (), split: str = "test", seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Our linear probe (the paper's metric) and k-NN top-1 next to the paper's linear probe, one line
-    per row, from the store; ``random-init linear`` is the row's own network untrained.
+    """One line per row, aggregated over its seeds: our linear probe (the paper's metric) and k-NN
+    top-1 as mean, sd and 95% interval (percent), the row's own untrained network (mean over the
+    same seeds) and the gain over it, the step from the row it changes (paired over test images and
+    seeds: ``step linear`` with ``lo`` / ``hi``, or in ``step from`` why not), and the paper's
+    linear probe.
 
-    ``outcomes`` only adds this invocation's failures to the notes; every number comes from the
-    store (rows tagged in their run config), so the same table is rebuilt by ``--table-only``.
+    ``split`` "val" reads the validation scores (``val_linear_top1``...; no step column, predictions
+    are kept for the test split only). ``outcomes`` only adds this invocation's failures to the
+    notes; every number comes from the store (rows tagged in their run config), so the same table is
+    rebuilt by ``--table-only``.
     """
-    tagged, baselines = _tagged_runs(store, dataset, backbone)
-    ids = {int(r["id"]) for r in tagged.values()} | {int(r["id"]) for r in baselines.values()}
+    prefix = "" if split == "test" else f"{split}_"
+    runs = _tagged_runs(store, dataset, backbone, seeds)
+    ids = {int(r["id"]) for rr in runs.values() for r in (*rr.trained.values(), *rr.baseline.values())}
     metrics = metrics_by_run(store, ids)
-    failed = {o.step.name: o.error for o in outcomes if o.status == "failed"}
+    for rr in runs.values():  # the stored value each predictions file must reproduce
+        for rec in rr.trained.values():
+            rec["_value"] = metrics[int(rec["id"])][0].get(STEP_METRIC)
+    failed: dict[str, str] = {}
+    for o in outcomes:
+        if o.status == "failed":
+            failed.setdefault(o.step.name, o.error)
     rows = []
-    for s in steps:
+    for i, s in enumerate(steps):
         notes = [s.note] if s.note else []
-        rec = tagged.get(s.name)
-        values, protocols = metrics[int(rec["id"])] if rec else ({}, {})
-        base = baselines.get(s.name)
-        base_values = metrics[int(base["id"])][0] if base else {}
+        rr = runs.get(s.name) or RowRuns({}, {})
+        linear, knn, random, gains, n_test = [], [], [], [], {}
+        d = None
+        for seed in sorted(rr.trained):
+            values, protocols = metrics[int(rr.trained[seed]["id"])]
+            d = d if d is not None else _latent_dim(protocols)
+            lin = values.get(f"{prefix}linear_top1")
+            if lin is not None:
+                linear.append(lin)
+                n_test.setdefault("linear", _n_test(protocols, f"{prefix}linear_top1"))
+            k = _knn(values, protocols, prefix)
+            if k is not None:
+                knn.append(k)
+                n_test.setdefault("knn", _n_test(protocols, f"{prefix}knn_top1"))
+            base = rr.baseline.get(seed)
+            rand = metrics[int(base["id"])][0].get(f"{prefix}linear_top1") if base else None
+            if rand is not None:
+                random.append(rand)
+                if lin is not None:
+                    gains.append(lin - rand)
         if s.config is None:
             notes.insert(0, s.not_run)
         elif s.name in failed:
             notes.insert(0, f"failed: {failed[s.name]}")
-        elif rec is None:
+        elif not rr.trained:
             notes.insert(0, "no run in the store")
-        if rec is not None:
+        if rr.trained:
+            rec = rr.trained[min(rr.trained)]
             owner, n_rows = rec["rows"][0], len(rec["rows"])
             if owner != s.name:
                 notes.append(f"run of {owner} (same resolved config)")
@@ -542,26 +679,95 @@ def build_table(
                 notes.append(f"one run for {n_rows} rows (same resolved config)")
             if bool(rec.get("uses_labels")) and not s.uses_labels:
                 notes.append("uses labels")
-        rows.append({
-            ROW_COL: s.name,
-            CHANGE_COL: s.change,
-            D_COL: _latent_dim(protocols),
-            LINEAR_COL: _pct(values.get("linear_top1")),
-            RANDOM_COL: _pct(base_values.get("linear_top1")),
-            KNN_COL: _pct(knn_top1_k20(values, protocols)),
-            PAPER_COL: s.paper_acc,
-            NOTES_COL: "; ".join(n for n in notes if n),
-        })
+        step_from, step = "", None
+        ref = step_reference(steps, i, runs) if split == "test" else None
+        if ref is not None:
+            got = step_difference(rr, runs[ref.name])
+            step_from = ref.name if not isinstance(got, str) else f"{ref.name} ({got})"
+            step = None if isinstance(got, str) else got
+        row = {ROW_COL: s.name, CHANGE_COL: s.change, D_COL: d, N_COL: len(rr.trained)}
+        row.update({LINEAR_COL + k: v for k, v in summarise_seeds(linear, n_test.get("linear")).items()})
+        row[RANDOM_COL] = 100.0 * sum(random) / len(random) if random else None
+        row[GAIN_COL] = 100.0 * sum(gains) / len(gains) if gains else None
+        row.update({KNN_COL + k: v for k, v in summarise_seeds(knn, n_test.get("knn")).items()})
+        row.update({STEP_FROM_COL: step_from, STEP_COL: step[0] if step else None,
+                     STEP_COL + " lo": step[1] if step else None, STEP_COL + " hi": step[2] if step else None})
+        row.update({PAPER_COL: s.paper_acc, NOTES_COL: "; ".join(n for n in notes if n)})
+        rows.append(row)
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     df[D_COL] = df[D_COL].astype("Int64")
-    for col in (LINEAR_COL, RANDOM_COL, KNN_COL, PAPER_COL):
-        df[col] = df[col].astype("float64")
+    for col in TABLE_COLUMNS:
+        if col not in (ROW_COL, CHANGE_COL, D_COL, N_COL, STEP_FROM_COL, NOTES_COL):
+            df[col] = df[col].astype("float64")
+    df.attrs["split"] = split
     return df
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def readable_table(df: pd.DataFrame) -> pd.DataFrame:
+    """``build_table``'s frame for reading (md / html): each accuracy as ``mean ± sd`` with its 95%
+    interval ``[lo, hi]`` beside it, the gain and the step signed, a step whose paired interval
+    holds 0 written "within noise (...)". On the validation split the accuracy columns are named
+    ``val ...``."""
+    out = pd.DataFrame({ROW_COL: df[ROW_COL], CHANGE_COL: df[CHANGE_COL],
+                        D_COL: ["" if pd.isna(v) else str(int(v)) for v in df[D_COL]], N_COL: df[N_COL].astype(str)})
+    for col in (LINEAR_COL, KNN_COL):
+        cells, cis = [], []
+        for mean, sd, lo, hi in zip(*(df[col + x].tolist() for x in ("", *SPREAD))):
+            mean, sd, lo, hi = map(_num, (mean, sd, lo, hi))
+            cells.append("" if mean is None else f"{mean:.1f}" + ("" if sd is None else f" ± {sd:.1f}"))
+            cis.append("" if lo is None or hi is None else f"[{lo:.1f}, {hi:.1f}]")
+        out[col], out[f"{col} 95% CI"] = cells, cis
+        if col == LINEAR_COL:
+            out[RANDOM_COL] = ["" if _num(v) is None else f"{v:.1f}" for v in df[RANDOM_COL]]
+            out[GAIN_COL] = ["" if _num(v) is None else f"{v:+.1f}" for v in df[GAIN_COL]]
+    steps = []
+    for diff, lo, hi in zip(df[STEP_COL], df[STEP_COL + " lo"], df[STEP_COL + " hi"]):
+        diff, lo, hi = map(_num, (diff, lo, hi))
+        if diff is None:
+            steps.append("")
+            continue
+        text = f"{diff:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+        steps.append(text if lo > 0 or hi < 0 else f"within noise ({text})")
+    out[STEP_FROM_COL] = df[STEP_FROM_COL].tolist()
+    out[f"{STEP_COL} (paired 95% CI)"] = steps
+    out[PAPER_COL] = ["" if _num(v) is None else f"{v:.1f}" for v in df[PAPER_COL]]
+    out[NOTES_COL] = df[NOTES_COL].tolist()
+    if df.attrs.get("split", "test") != "test":
+        split = df.attrs["split"]
+        out = out.rename(columns={c: f"{split} {c}" for c in out.columns if c.startswith((LINEAR_COL, KNN_COL, RANDOM_COL, GAIN_COL))})
+        out = out.drop(columns=[STEP_FROM_COL, f"{STEP_COL} (paired 95% CI)"])
+    return out
+
+
+def render_table(df: pd.DataFrame, fmt: str) -> str:
+    """md / html: :func:`readable_table`; csv: the numeric frame as it is (for loading back)."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    shown = readable_table(df)
+    if fmt == "html":
+        return shown.to_html(index=False, na_rep="")
+    text_cols = (ROW_COL, CHANGE_COL, STEP_FROM_COL, NOTES_COL)
+    colalign = ["left" if c in text_cols else "right" for c in shown.columns]
+    return shown.to_markdown(index=False, disable_numparse=True, colalign=colalign)
+
+
+def plot_table(df: pd.DataFrame, path: str | Path, title: str = "") -> bytes:
+    """Ours (linear top-1, mean and 95% interval) beside the paper's linear probe, row by row
+    (``ssl_bench.results.plot.plot_chain``); rows with neither a value nor a paper number are left out."""
+    from ssl_bench.results.plot import plot_chain
+
+    shown = df[df[LINEAR_COL].notna() | df[PAPER_COL].notna()]
+    return plot_chain(shown, shown[[ROW_COL, PAPER_COL]], path, row_col=ROW_COL, metric=LINEAR_COL,
+                      paper_col=PAPER_COL, title=title)
 
 
 __all__ = [
     "CHAIN_FILES", "DEFAULT_CHAIN_DIR", "GROUPS", "PAPER_FIG5", "PAPER_TABLE2", "STEPS", "TABLE2_DIMS",
-    "ConfigFile", "Geometry", "Step", "StepRun", "build_steps", "build_table", "chain_dir_or_error",
-    "dedupe_key", "fig5_steps", "geometry_of", "run_chain", "select_steps", "step_config",
-    "table2_steps",
+    "ConfigFile", "Geometry", "RowRuns", "Step", "StepRun", "build_steps", "build_table", "chain_dir_or_error",
+    "dedupe_key", "fig5_steps", "geometry_of", "plot_table", "readable_table", "render_table", "run_chain",
+    "select_steps", "step_config", "step_difference", "step_reference", "summarise_seeds", "table2_steps",
 ]
