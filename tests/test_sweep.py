@@ -118,7 +118,8 @@ def test_a_sweep_selects_on_validation_and_scores_only_the_selection_on_test(tmp
     configs = {int(r.id): json.loads(r.config_json) for r in runs.itertuples()}
     sweep_ids = {c["sweep"] for c in configs.values()}
     assert len(sweep_ids) == 1 and all(c["dataset"]["val_fraction"] == 0.1 for c in configs.values())
-    label = {rid: f"train.blr={c['train']['blr']:g}" for rid, c in configs.items()}
+    grid_text = {1e-4: "train.blr=1e-4", 1e-3: "train.blr=1e-3"}  # the point labels, as the grid wrote them
+    label = {rid: grid_text[c["train"]["blr"]] for rid, c in configs.items()}
     val = metrics[metrics["name"] == "val_linear_top1"].assign(label=lambda f: f["run_id"].map(label))
     means = val.groupby("label")["value"].mean()
     best = means.idxmax()
