@@ -11,7 +11,7 @@ import pytest
 
 from ssl_bench.registry import get_registry
 from ssl_bench.results import ResultsStore, RunRecord, build_leaderboard, render
-from ssl_bench.results.columns import KNN_COL, LINEAR_COL
+from ssl_bench.results.columns import LINEAR_COL
 from ssl_bench.results.rows import runs_table
 from ssl_bench.results.stats import interval, mean_sd, overlaps, wilson_interval
 from ssl_bench.run.assemble import method_config
