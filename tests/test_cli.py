@@ -200,3 +200,15 @@ def test_warnings_go_to_stderr_once_per_process(plugin_registry, capsys):
     assert err.count("ssl-bench: warning: unknown hook") == 1 and "rename it to ssl_bench_commands" in err
     assert main(["leaderboard", "--out", "/nonexistent-dir-for-test"]) == 2
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--seed", "1", "--seeds", "0", "1"], "--seed and --seeds both given"),
+    (["--seeds", "0", "-1"], "--seeds must be non-negative integers"),
+    (["--seeds", "0", "1", "--resume"], "--resume continues one run per method"),
+])
+def test_bad_seeds_are_one_line_before_anything_runs(tmp_path, capsys, argv, says):
+    rc = main(["run", "mae", *argv, "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
