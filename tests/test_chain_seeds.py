@@ -125,6 +125,8 @@ def test_chain_figure_is_drawn(tmp_path: Path) -> None:
     df = dc.build_table(STEPS, _store(tmp_path))
     png = dc.plot_table(df, tmp_path / "chain.png", title="test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "chain.png").read_bytes() == png
+    assert dc.chain_title("digits", "vit-nano", [0, 1, 2]) == (
+        "deconstruction chain: digits, vit-nano, seeds 0 1 2 (ours: mean and 95% interval, n = 3 per row) vs the paper")
 
 
 def test_deconstruct_seeds_trains_each_row_per_seed_and_plots(tmp_path: Path, capsys) -> None:

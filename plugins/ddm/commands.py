@@ -98,7 +98,7 @@ class DeconstructCommand:
         if args.output:
             Path(args.output).write_text(text)
         if args.plot:
-            dc.plot_table(table, args.plot, title=f"deconstruction chain: {dataset}, {backbone} (ours) vs the paper")
+            dc.plot_table(table, args.plot, title=dc.chain_title(dataset, backbone, seeds))
             print(f"figure: {args.plot}")
         return 1 if any(o.status == "failed" for o in outcomes) else 0
 

@@ -755,6 +755,13 @@ def render_table(df: pd.DataFrame, fmt: str) -> str:
     return shown.to_markdown(index=False, disable_numparse=True, colalign=colalign)
 
 
+def chain_title(dataset: str, backbone: str, seeds: list[int | None]) -> str:
+    """The figure's title: what ran and over which seeds, so a picture of means says it is one."""
+    named = " ".join("0" if s is None else str(s) for s in seeds)
+    return (f"deconstruction chain: {dataset}, {backbone}, seed{'s' if len(seeds) > 1 else ''} {named} "
+            f"(ours: mean and 95% interval, n = {len(seeds)} per row) vs the paper")
+
+
 def plot_table(df: pd.DataFrame, path: str | Path, title: str = "") -> bytes:
     """Ours (linear top-1, mean and 95% interval) beside the paper's linear probe, row by row
     (``ssl_bench.results.plot.plot_chain``); rows with neither a value nor a paper number are left out."""
@@ -767,7 +774,7 @@ def plot_table(df: pd.DataFrame, path: str | Path, title: str = "") -> bytes:
 
 __all__ = [
     "CHAIN_FILES", "DEFAULT_CHAIN_DIR", "GROUPS", "PAPER_FIG5", "PAPER_TABLE2", "STEPS", "TABLE2_DIMS",
-    "ConfigFile", "Geometry", "RowRuns", "Step", "StepRun", "build_steps", "build_table", "chain_dir_or_error",
+    "ConfigFile", "Geometry", "RowRuns", "Step", "StepRun", "build_steps", "build_table", "chain_dir_or_error", "chain_title",
     "dedupe_key", "fig5_steps", "geometry_of", "plot_table", "readable_table", "render_table", "run_chain",
     "select_steps", "step_config", "step_difference", "step_reference", "summarise_seeds", "table2_steps",
 ]
