@@ -84,6 +84,12 @@ def test_one_panel_per_metric_column_in_order() -> None:
     assert [ax.get_xlabel() for ax in fig.axes] == [KNN, LIN]
 
 
+def test_the_title_says_how_many_seeds_each_point_is_the_mean_of() -> None:
+    assert "(mean over n = 1-3 seeds per row, 95% interval)" in leaderboard_figure(_frame()).get_suptitle()
+    three = _frame().assign(n=3)
+    assert "(mean over n = 3 seeds, 95% interval)" in leaderboard_figure(three).get_suptitle()
+
+
 def test_error_bars_span_the_interval_columns() -> None:
     knn_ax, lin_ax = leaderboard_figure(_frame()).axes
     assert _bars(lin_ax) == {

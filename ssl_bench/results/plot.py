@@ -72,6 +72,15 @@ def _group_key(row: pd.Series) -> tuple[str, ...]:
     return tuple(str(row[c]) if c in row.index and pd.notna(row[c]) else "" for c in LABEL_CONTEXT)
 
 
+def _seeds_text(df: pd.DataFrame) -> str:
+    """How many seeds each point is the mean of, from the frame's ``n`` column (a figure of means
+    must say over how many runs)."""
+    ns = sorted({int(n) for n in df["n"].dropna()}) if "n" in df.columns else []
+    if not ns:
+        return "mean"
+    return f"mean over n = {ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else f"mean over n = {ns[0]}-{ns[-1]} seeds per row"
+
+
 def _title(df: pd.DataFrame) -> str:
     """The dataset / backbone shared by every row (they are left out of the row labels)."""
     shared = [str(df[c].dropna().iloc[0]) for c in LABEL_CONTEXT if c in df.columns and df[c].dropna().nunique() == 1]
@@ -166,7 +175,7 @@ def leaderboard_figure(df: pd.DataFrame) -> Figure:
     for ax, col in zip(axes, cols):
         _draw_metric_panel(ax, df, labels, col)
     title = _title(df)
-    fig.suptitle(f"leaderboard{': ' + title if title else ''} (mean, 95% interval)", fontsize=11)
+    fig.suptitle(f"leaderboard{': ' + title if title else ''} ({_seeds_text(df)}, 95% interval)", fontsize=11)
     fig.legend(handles=[
         Line2D([], [], marker="o", color=BEST_COLOR, label="cannot be told apart from the best"),
         Line2D([], [], marker="o", color=ROW_COLOR, markerfacecolor="white", label="other rows"),
