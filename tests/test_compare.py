@@ -57,7 +57,7 @@ def test_stale_predictions_are_refused(tmp_path: Path) -> None:
     rid = _run(store, tmp_path, "bb", 0, 10)
     run_dir = Path(store.get_run(rid).run_dir)
     write_predictions(run_dir, {"weights": "other"}, LABELS, {"linear": {"linear_top1": LABELS}})  # a later scoring's file
-    with pytest.raises(SSLBenchError, match=f"run {rid} of 'bb'.*do not reproduce.*ssl-bench eval"):
+    with pytest.raises(SSLBenchError, match=f"run {rid} of 'bb'.*reproduce its stored accuracy.*ssl-bench eval"):
         compare_rows(store, "a", "bb")
 
 

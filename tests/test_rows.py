@@ -13,7 +13,7 @@ from ssl_bench.registry import get_registry
 from ssl_bench.results import ResultsStore, RunRecord, build_leaderboard, render
 from ssl_bench.results.columns import LINEAR_COL
 from ssl_bench.results.rows import runs_table
-from ssl_bench.results.stats import interval, mean_sd, overlaps, wilson_interval
+from ssl_bench.results.stats import interval, mean_sd, overlaps, summarise, wilson_interval
 from ssl_bench.run.assemble import method_config
 from ssl_bench.run.variant import baseline_variant, differing_settings, row_label, variant_of
 
@@ -42,6 +42,9 @@ def test_seed_spread_and_test_sampling_add_in_quadrature() -> None:
     assert interval([0.9], 360, accuracy=True) == pytest.approx((0.864663, 0.926890), abs=1e-6)
     assert interval([3.1, 3.3], None, accuracy=False) == pytest.approx((3.2 - 1.270620, 3.2 + 1.270620), abs=1e-6)
     assert interval([3.1], None, accuracy=False) == (None, None)
+    got = summarise([0.917, 0.894, 0.900], 360, accuracy=True, scale=100.0)  # the same, in percent
+    assert (got["mean"], got["sd"], got["lo"], got["hi"]) == pytest.approx((90.3667, 1.1930, 85.7131, 94.2826), abs=1e-4)
+    assert summarise([], 360, accuracy=True) == {"mean": None, "sd": None, "lo": None, "hi": None}
     assert overlaps((0.1, 0.2), (0.2, 0.3)) and not overlaps((0.1, 0.2), (0.21, 0.3)) and overlaps((None, None), (0, 1))
 
 

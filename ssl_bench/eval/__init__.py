@@ -3,7 +3,7 @@
 from ssl_bench.eval.base import EvalInputError, EvalResult, Evaluator
 from ssl_bench.eval.knn import KNNEvaluator, KNNProtocol, knn_predict
 from ssl_bench.eval.linear_probe import LinearProbeEvaluator, LinearProbeProtocol
-from ssl_bench.eval.predictions import PREDICTIONS_NAME, Predictions, read_predictions
+from ssl_bench.eval.predictions import PREDICTIONS_NAME, Predictions, read_predictions, scored_predictions
 
 __all__ = [
     "EvalInputError",
@@ -17,4 +17,5 @@ __all__ = [
     "Predictions",
     "knn_predict",
     "read_predictions",
+    "scored_predictions",
 ]

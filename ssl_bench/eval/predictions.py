@@ -64,6 +64,15 @@ class Predictions:
                 if m in self.preds and v is not None and round(float(v) * n) != int(self.correct(m).sum())]
 
 
+def scored_predictions(run_dir: str | Path | None, metric: str, stored: float | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(predictions [M], test labels [M]) of ``metric`` from ``run_dir``, only when they reproduce the
+    run's ``stored`` accuracy: stale or missing predictions are never paired. None otherwise."""
+    got = read_predictions(Path(run_dir)) if run_dir else None
+    if got is None or metric not in got.preds or got.disagreements({metric: stored}):
+        return None
+    return got.preds[metric], got.labels
+
+
 def write_predictions(
     run_dir: Path, key: Mapping[str, Any], labels: Tensor, by_evaluator: Mapping[str, Mapping[str, Tensor]],
 ) -> Path:

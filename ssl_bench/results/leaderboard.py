@@ -27,7 +27,8 @@ from .queries import KNN_K, LatestRun
 from .records import BASELINE_METHOD_NAMES, is_accuracy_metric, short_repr
 from .rows import ConfigRow, configuration_rows
 from .settings import setting_text
-from .stats import interval, mean_sd, overlaps
+from .stats import overlaps
+from .stats import summarise as stats_summary
 from .store import ResultsStore
 
 #: Metrics where lower is better (the best of such a column is its minimum).
@@ -186,15 +187,8 @@ def rounded(v: float | None, digits: int) -> float | None:
 def summarise(col: MetricColumn, row: ConfigRow) -> dict[str, Any]:
     """Mean, sd, interval and n of one column in one row (all None when the row has no value)."""
     vals = col.values(row)
-    if not vals:
-        return {"mean": None, "sd": None, "lo": None, "hi": None, "n": 0}
-    mean, sd = mean_sd(vals)
-    lo, hi = interval(vals, row.n_test(col.metric), accuracy=col.accuracy)
-    scale = 100.0 if col.accuracy else 1.0
-    return {
-        "mean": scale * mean, "sd": None if sd is None else scale * sd,
-        "lo": None if lo is None else scale * lo, "hi": None if hi is None else scale * hi, "n": len(vals),
-    }
+    got = stats_summary(vals, row.n_test(col.metric), accuracy=col.accuracy, scale=100.0 if col.accuracy else 1.0)
+    return {**got, "n": len(vals)}
 
 
 def shown(col: MetricColumn, got: dict[str, Any]) -> dict[str, float | None]:

@@ -70,6 +70,19 @@ def interval(
     return mean - h_seed, mean + h_seed
 
 
+def summarise(
+    values: Sequence[float], n_test: int | None, *, accuracy: bool, scale: float = 1.0, confidence: float = CONFIDENCE,
+) -> dict[str, float | None]:
+    """``{"mean", "sd", "lo", "hi"}`` of per-seed ``values`` (the 95% :func:`interval`), each times
+    ``scale`` (100 for accuracies in percent); all None without values. The one summary the
+    leaderboard and the deconstruction chain show."""
+    if not values:
+        return {"mean": None, "sd": None, "lo": None, "hi": None}
+    mean, sd = mean_sd(values)
+    lo, hi = interval(values, n_test, accuracy=accuracy, confidence=confidence)
+    return {k: None if v is None else scale * v for k, v in (("mean", mean), ("sd", sd), ("lo", lo), ("hi", hi))}
+
+
 def overlaps(a: tuple[float | None, float | None], b: tuple[float | None, float | None]) -> bool:
     """Whether two intervals share a point; an unknown interval cannot be told apart from anything."""
     if None in a or None in b:

@@ -10,11 +10,10 @@ accuracy (a run re-scored since, a damaged file) are refused, never paired.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ssl_bench.errors import SSLBenchError
-from ssl_bench.eval.predictions import read_predictions
+from ssl_bench.eval.predictions import scored_predictions
 from ssl_bench.results.paired import PairedComparison, compare_predictions
 from ssl_bench.results.rows import ConfigRow, find_row
 
@@ -27,16 +26,12 @@ def row_predictions(row: ConfigRow, metric: str) -> dict[int, tuple[Any, Any]]:
     and the fix when a run has none, or ones that do not reproduce its stored accuracy."""
     out: dict[int, tuple[Any, Any]] = {}
     for e in row.runs:
-        fix = f"re-score it with `ssl-bench eval {e.run_dir}`"
-        got = read_predictions(Path(e.run_dir)) if e.run_dir else None
-        if got is None or metric not in got.preds:
-            raise SSLBenchError(f"run {e.run_id} of {row.label!r} (seed {e.seed}) has no stored {metric} predictions "
-                                f"(scored before ssl-bench kept them, or without that evaluator). Fix: {fix}")
-        stale = got.disagreements({metric: e.metrics.get(metric)})
-        if stale:
-            raise SSLBenchError(f"run {e.run_id} of {row.label!r}: its predictions do not reproduce its stored {metric}; "
-                                f"they belong to another scoring. Fix: {fix}")
-        out[int(e.seed or 0)] = (got.preds[metric], got.labels)
+        got = scored_predictions(e.run_dir, metric, e.metrics.get(metric))
+        if got is None:
+            raise SSLBenchError(f"run {e.run_id} of {row.label!r} (seed {e.seed}) has no stored {metric} predictions that "
+                                f"reproduce its stored accuracy (scored before ssl-bench kept them, without that evaluator, "
+                                f"or re-scored since). Fix: re-score it with `ssl-bench eval {e.run_dir}`")
+        out[int(e.seed or 0)] = got
     return out
 
 

@@ -543,14 +543,10 @@ def _n_test(protocols: Mapping[str, Mapping[str, Any]], metric: str) -> int | No
 def summarise_seeds(values: Sequence[float], n_test: int | None) -> dict[str, float | None]:
     """mean, sd and the 95% interval (``ssl_bench.results.stats.interval``: seed spread and test-set
     sampling) of per-seed accuracies (fractions), in percent; all None without values."""
-    from ssl_bench.results.stats import interval, mean_sd
+    from ssl_bench.results.stats import summarise
 
-    if not values:
-        return {"": None, " sd": None, " lo": None, " hi": None}
-    mean, sd = mean_sd(values)
-    lo, hi = interval(values, n_test, accuracy=True)
-    pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
-    return {"": pct(mean), " sd": pct(sd), " lo": pct(lo), " hi": pct(hi)}
+    got = summarise(values, n_test, accuracy=True, scale=100.0)
+    return {"": got["mean"], " sd": got["sd"], " lo": got["lo"], " hi": got["hi"]}
 
 
 # -- the step column: each row against the row it changes, image by image --------------------
@@ -586,14 +582,14 @@ def step_reference(steps: Sequence[Step], i: int, runs: Mapping[str, RowRuns]) -
 def _predictions(row: RowRuns, metric: str) -> dict[int, tuple[Any, Any]] | None:
     """seed -> (predictions [M], test labels [M]) of the row's trained runs; None when a run has none
     or its file does not reproduce the stored accuracy (never pair stale predictions)."""
-    from ssl_bench.eval.predictions import read_predictions
+    from ssl_bench.eval.predictions import scored_predictions
 
     out = {}
     for seed, rec in row.trained.items():
-        got = read_predictions(Path(rec["run_dir"])) if rec.get("run_dir") else None
-        if got is None or metric not in got.preds or got.disagreements({metric: rec.get("_value")}):
+        got = scored_predictions(rec.get("run_dir"), metric, rec.get("_value"))
+        if got is None:
             return None
-        out[seed] = (got.preds[metric], got.labels)
+        out[seed] = got
     return out
 
 
