@@ -142,10 +142,14 @@ def runs_table(store: ResultsStore, dataset: str | None = None, backbone: str | 
     return df
 
 
-def find_row(store: ResultsStore, spec: str, dataset: str | None = None, backbone: str | None = None) -> ConfigRow:
+def find_row(
+    store: ResultsStore, spec: str, dataset: str | None = None, backbone: str | None = None,
+    rows: list[ConfigRow] | None = None,
+) -> ConfigRow:
     """The configuration row ``spec`` names: a row label as the leaderboard shows it, or the id of any
-    run of it. An unknown or ambiguous spec is one line listing what there is."""
-    rows = configuration_rows(store, dataset, backbone)
+    run of it. An unknown or ambiguous spec is one line listing what there is. ``rows``: the store's
+    rows already read (for several look-ups)."""
+    rows = configuration_rows(store, dataset, backbone) if rows is None else rows
     if spec.isdigit():
         hits = [r for r in rows if int(spec) in r.run_ids]
     else:

@@ -15,7 +15,7 @@ from typing import Any
 from ssl_bench.errors import SSLBenchError
 from ssl_bench.eval.predictions import scored_predictions
 from ssl_bench.results.paired import PairedComparison, compare_predictions
-from ssl_bench.results.rows import ConfigRow, find_row
+from ssl_bench.results.rows import ConfigRow, configuration_rows, find_row
 
 #: The metrics ``compare`` can pair (the built-in evaluators' headline predictions).
 COMPARABLE_METRICS: tuple[str, ...] = ("linear_top1", "knn_top1")
@@ -41,7 +41,8 @@ def compare_rows(
     """The two rows ``spec_a`` / ``spec_b`` name (labels or run ids) and their paired comparison."""
     if metric not in COMPARABLE_METRICS:
         raise SSLBenchError(f"cannot compare on {metric!r}: predictions are kept for {', '.join(COMPARABLE_METRICS)}")
-    a, b = find_row(store, spec_a, dataset, backbone), find_row(store, spec_b, dataset, backbone)
+    rows = configuration_rows(store, dataset, backbone)  # the store read once for both look-ups
+    a, b = find_row(store, spec_a, dataset, backbone, rows), find_row(store, spec_b, dataset, backbone, rows)
     if a.run_ids == b.run_ids:
         raise SSLBenchError(f"{spec_a!r} and {spec_b!r} are the same row ({a.label!r}); compare two different rows")
     return a, b, compare_predictions(row_predictions(a, metric), row_predictions(b, metric), metric)
